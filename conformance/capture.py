@@ -1,0 +1,174 @@
+"""Wire evidence: a real packet capture on one interface, parsed with dpkt.
+
+The capture is a raw AF_PACKET socket opened inside the namespace and bound to
+the interface, so it sees both directions from the first packet on, with
+kernel timestamps (SO_TIMESTAMPNS). No capture process to start, wait for or
+kill. Packets are written as a standard pcap file (dpkt.pcap.Writer) and parsed
+with dpkt into Segment records.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import dpkt
+
+ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+FLAG_BITS = [("F", dpkt.tcp.TH_FIN), ("S", dpkt.tcp.TH_SYN), ("R", dpkt.tcp.TH_RST),
+             ("P", dpkt.tcp.TH_PUSH), ("A", dpkt.tcp.TH_ACK)]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One packet as the cases see it. For TCP: flags like 'S', 'SA', 'RA', 'FA', 'PA'."""
+
+    time: float
+    proto: str  # tcp, udp, icmp, icmp6, arp, other
+    src: str = ""
+    dst: str = ""
+    sport: int = 0
+    dport: int = 0
+    flags: str = ""
+    seq: int = 0
+    ack: int = 0
+    length: int = 0
+    icmp_type: int = -1
+    icmp_code: int = -1
+
+    def has(self, *flags: str) -> bool:
+        return all(f in self.flags for f in flags)
+
+    def __str__(self):
+        if self.proto == "tcp":
+            return (f"{self.time:.6f} {self.src}.{self.sport} > {self.dst}.{self.dport} "
+                    f"[{self.flags}] seq {self.seq} ack {self.ack} len {self.length}")
+        if self.proto.startswith("icmp"):
+            return f"{self.time:.6f} {self.src} > {self.dst} {self.proto} type {self.icmp_type} code {self.icmp_code}"
+        return f"{self.time:.6f} {self.proto} {self.src}.{self.sport} > {self.dst}.{self.dport} len {self.length}"
+
+
+def tcp_flags(bits: int) -> str:
+    return "".join(name for name, bit in FLAG_BITS if bits & bit)
+
+
+def parse(ts: float, frame: bytes) -> Segment:
+    eth = dpkt.ethernet.Ethernet(frame)
+    ip = eth.data
+    if isinstance(ip, dpkt.ip.IP):
+        src, dst = socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst)
+    elif isinstance(ip, dpkt.ip6.IP6):
+        src, dst = socket.inet_ntop(socket.AF_INET6, ip.src), socket.inet_ntop(socket.AF_INET6, ip.dst)
+    elif isinstance(ip, dpkt.arp.ARP):
+        return Segment(ts, "arp")
+    else:
+        return Segment(ts, "other")
+    l4 = ip.data
+    if isinstance(l4, dpkt.tcp.TCP):
+        return Segment(ts, "tcp", src, dst, l4.sport, l4.dport, tcp_flags(l4.flags),
+                       l4.seq, l4.ack, len(l4.data))
+    if isinstance(l4, dpkt.udp.UDP):
+        return Segment(ts, "udp", src, dst, l4.sport, l4.dport, length=len(l4.data))
+    if isinstance(l4, dpkt.icmp.ICMP):
+        return Segment(ts, "icmp", src, dst, icmp_type=l4.type, icmp_code=l4.code)
+    if isinstance(l4, dpkt.icmp6.ICMP6):
+        return Segment(ts, "icmp6", src, dst, icmp_type=l4.type, icmp_code=l4.code)
+    return Segment(ts, "other", src, dst)
+
+
+class Capture:
+    """Capture every frame on one interface from start() to stop()."""
+
+    def __init__(self, host):
+        self.host = host
+        self.frames: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock = host.call(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self._sock.bind((host.ifname, ETH_P_ALL))
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._sock.settimeout(0.02)
+        self._thread = threading.Thread(target=self._run, name=f"capture-{host.ifname}", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        cmsg_space = socket.CMSG_SPACE(16)
+        while not self._stop.is_set():
+            try:
+                data, anc, _flags, _addr = self._sock.recvmsg(65536, cmsg_space)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            ts = time.time()
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", payload[:16])
+                    ts = sec + nsec / 1e9
+            with self._lock:
+                self.frames.append((ts, data))
+
+    def stop(self):
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=2)
+            self._sock.close()
+
+    def segments(self) -> list[Segment]:
+        with self._lock:
+            frames = list(self.frames)
+        return [parse(ts, frame) for ts, frame in frames]
+
+    def tcp(self, **match) -> list[Segment]:
+        """TCP segments whose fields equal every keyword given; flags='SA' means exactly SA."""
+        return [s for s in self.segments() if s.proto == "tcp" and _matches(s, match)]
+
+    def wait_for(self, predicate, timeout: float, count: int = 1) -> list[Segment]:
+        """Wait until `count` segments match predicate (bounded by timeout); return the matches."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [s for s in self.segments() if predicate(s)]
+            if len(found) >= count or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.005)
+
+    def expect(self, predicate, what: str, timeout: float = 1.0) -> Segment:
+        """The first segment matching predicate (waiting, bounded); fail naming `what` otherwise."""
+        found = self.wait_for(predicate, timeout)
+        if not found:
+            raise AssertionError(f"not on the wire: {what}\n" + "\n".join(self.summary()))
+        return found[0]
+
+    def write_pcap(self, path: str) -> None:
+        with self._lock:
+            frames = list(self.frames)
+        with open(path, "wb") as f:
+            writer = dpkt.pcap.Writer(f, nano=True)
+            for ts, frame in frames:
+                writer.writepkt(frame, ts=ts)
+
+    def summary(self) -> list[str]:
+        return [str(s) for s in self.segments() if s.proto not in ("arp", "other")]
+
+
+def _matches(seg: Segment, match: dict) -> bool:
+    return all(getattr(seg, k) == v for k, v in match.items())
+
+
+def tcp(has: str = "", **match):
+    """A predicate for TCP segments: fields equal to **match (seq/ack taken modulo 2**32),
+    flags exactly `flags=` if given, and containing every flag in `has`."""
+    for k in ("seq", "ack"):
+        if k in match:
+            match[k] %= 2**32
+    return lambda s: s.proto == "tcp" and _matches(s, match) and all(f in s.flags for f in has)
+
+
+def read_pcap(path: str) -> list[Segment]:
+    """Read a pcap written by Capture back into segments."""
+    with open(path, "rb") as f:
+        return [parse(ts, buf) for ts, buf in dpkt.pcap.Reader(f)]

@@ -1,0 +1,174 @@
+"""The targets: built-in agents (python, c, go) and agents added with --add-target.
+
+C and Go agents are built on demand into a cache keyed by the content of their
+sources and the compiler's version, so a rebuild happens only when something
+changed; concurrent pytest-xdist workers wait on a file lock for one build.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS_DIR = ROOT / "targets"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+BUILTIN = ("python", "c", "go")
+
+
+class BuildError(Exception):
+    """A target could not be built: says which tool and how to get it."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("TCC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tcp-conformance"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_tool(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None and tool == "go" and os.path.exists("/usr/local/go/bin/go"):
+        path = "/usr/local/go/bin/go"
+    if path is None:
+        raise BuildError(
+            f"`{tool}` not found on PATH: install it (Debian: `apt-get install {package}`, "
+            f"or run `bash ci/setup.sh`)"
+        )
+    return path
+
+
+def tool_version(argv: list[str]) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+def content_key(files: list[Path], *extra: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for e in extra:
+        h.update(e.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached_build(name: str, key: str, build) -> Path:
+    """Return the cached binary for key, building it (once, under a lock) if missing."""
+    out = cache_dir() / f"{name}-agent-{key}"
+    if out.exists():
+        return out
+    with open(cache_dir() / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        try:
+            build(tmp)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return out
+
+
+def _run_build(what: str, argv: list[str], cwd: Path, env=None):
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise BuildError(f"building the {what} agent failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+
+
+C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
+
+
+def build_c(static: bool = False) -> Path:
+    gcc = find_tool("gcc", "gcc")
+    src = TARGETS_DIR / "c" / "agent.c"
+    flags = C_FLAGS + (["-static"] if static else [])
+    key = content_key([src], tool_version([gcc, "--version"]), *flags)
+    return cached_build("c" + ("-static" if static else ""), key,
+                        lambda out: _run_build("C", [gcc, *flags, "-o", str(out), str(src)], src.parent))
+
+
+def build_go() -> Path:
+    go = find_tool("go", "golang-go")
+    src_dir = TARGETS_DIR / "go"
+    files = [p for p in src_dir.iterdir() if p.suffix == ".go" or p.name in ("go.mod", "go.sum")]
+    key = content_key(files, tool_version([go, "version"]))
+    env = dict(os.environ, CGO_ENABLED="0")
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return cached_build(
+        "go", key, lambda out: _run_build("Go", [go, "build", "-trimpath", "-o", str(out), "."], src_dir, env)
+    )
+
+
+@dataclass
+class Target:
+    """A target: a name and how to get the argv of its agent."""
+
+    name: str
+    command: list[str] = field(default_factory=list)
+    builder: object = None  # callable returning a binary path, for built-ins that need a build
+    builtin: bool = False
+
+    def argv(self) -> list[str]:
+        if self.builder is not None:
+            return [str(self.builder())]
+        return list(self.command)
+
+
+def builtin_targets() -> dict[str, Target]:
+    return {
+        # -I -S: an isolated interpreter without site: starts fast, stdlib only.
+        "python": Target("python", [sys.executable, "-I", "-S", str(TARGETS_DIR / "python" / "agent.py")],
+                         builtin=True),
+        "c": Target("c", builder=build_c, builtin=True),
+        "go": Target("go", builder=build_go, builtin=True),
+    }
+
+
+def parse_add_target(spec: str) -> Target:
+    """NAME=COMMAND, for an agent outside the repo that speaks targets/PROTOCOL.md."""
+    name, sep, command = spec.partition("=")
+    name = name.strip()
+    if not sep or not command.strip():
+        raise ValueError(f"--add-target {spec!r}: expected NAME=COMMAND")
+    if not NAME_RE.match(name):
+        raise ValueError(f"--add-target {spec!r}: NAME must match {NAME_RE.pattern}")
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise ValueError(f"--add-target {spec!r}: {e}") from None
+    if not argv:
+        raise ValueError(f"--add-target {spec!r}: empty COMMAND")
+    return Target(name, argv)
+
+
+def select_targets(selection: str | None, added: list[str]) -> dict[str, Target]:
+    """The targets of a run, in order: --targets picks among built-ins and added ones."""
+    available = builtin_targets()
+    for spec in added:
+        target = parse_add_target(spec)
+        if target.name in available and available[target.name].builtin:
+            raise ValueError(f"--add-target {spec!r}: {target.name!r} is a built-in target name")
+        if target.name in available:
+            raise ValueError(f"--add-target {spec!r}: {target.name!r} given twice")
+        available[target.name] = target
+    if selection is None:
+        return available
+    names = [n.strip() for n in selection.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--targets: no target named")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"--targets: unknown target(s) {', '.join(unknown)}; known: {', '.join(available)}")
+    return {n: available[n] for n in dict.fromkeys(names)}

@@ -1,0 +1,381 @@
+"""Fresh network namespaces for one case: a target host and a peer host joined by a veth.
+
+Everything is created with pyroute2, directly inside the namespaces (never in
+the host's own namespace), and everything is removed by close(). Names carry
+the project prefix and the owner's PID, so a later run can sweep what a killed
+run left behind (see sweep()).
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import itertools
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from pyroute2 import DiagSocket, IPRoute, netns
+
+PREFIX = "tcc"
+NETNS_DIR = "/run/netns"
+# tcc<pid>-<n><role>: at most 3 + 7 + 1 + 3 + 1 = 15 characters (IFNAMSIZ - 1).
+NAME_RE = re.compile(r"^tcc(\d{1,7})-([0-9a-z]{1,3})([a-z])$")
+
+# The link between target and peer, from documentation ranges only.
+NET4 = ipaddress.ip_network("198.51.100.0/24")
+NET6 = ipaddress.ip_network("2001:db8::/64")
+TARGET4, PEER4, BLACKHOLE4 = "198.51.100.1", "198.51.100.2", "198.51.100.99"
+TARGET6, PEER6, BLACKHOLE6 = "2001:db8::1", "2001:db8::2", "2001:db8::99"
+
+FAMILIES = {"v4": socket.AF_INET, "v6": socket.AF_INET6}
+IPPROTO_TCP = socket.IPPROTO_TCP
+
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+
+# Set explicitly in every namespace: new namespaces inherit some IPv4 settings
+# from the host (ip_forward among them), so nothing is left to chance.
+BASE_SYSCTLS = {
+    "net.ipv4.ip_forward": "0",
+    "net.ipv6.conf.all.forwarding": "0",
+    "net.ipv6.conf.all.accept_dad": "0",
+    "net.ipv6.conf.default.accept_dad": "0",
+    "net.ipv6.conf.default.router_solicitations": "0",
+    "net.core.somaxconn": "4096",
+    "net.ipv4.tcp_syn_retries": "6",
+    "net.ipv4.tcp_synack_retries": "5",
+    "net.ipv4.tcp_abort_on_overflow": "0",
+    "net.ipv4.tcp_syncookies": "1",
+    "net.ipv4.tcp_max_tw_buckets": "262144",
+    "net.ipv4.ip_local_port_range": "32768 60999",
+}
+
+_counter = itertools.count(1)
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
+def new_base() -> str:
+    """A name stem unique per process and per call: tcc<pid>-<counter>."""
+    return f"{PREFIX}{os.getpid()}-{_base36(next(_counter) % 36**3)}"
+
+
+def in_netns(ns: str, fn, *args, **kwargs):
+    """Run fn in a short-lived thread that has entered namespace ns.
+
+    Written here because no library call fits: setns() for a network
+    namespace changes only the calling thread, so a thread of our own can
+    enter it, create sockets (which stay in that namespace), read
+    /proc/thread-self/net/* and write /proc/sys/net/* there, while the rest of
+    the process stays in the host namespace. pyroute2's netns.create_socket
+    forks per socket and its ChildProcess caps results at 1 KiB.
+    """
+    box = {}
+
+    def run():
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
+            try:
+                netns.setns(fd, flags=0, fork=False)
+            finally:
+                os.close(fd)
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name=f"netns-{ns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def create_netns(name: str) -> None:
+    """Create a named network namespace (/run/netns/NAME) without forking.
+
+    A thread of ours unshares a new network namespace (that changes only the
+    thread) and pyroute2's netns.attach bind-mounts it under /run/netns, as
+    `ip netns add` does. pyroute2's netns.create forks a child for this.
+    """
+
+    def run():
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET) for {name}: {os.strerror(err)}")
+        netns.attach(name, "thread-self")
+
+    box = {}
+
+    def guarded():
+        try:
+            run()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=guarded, name=f"netns-add-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+
+
+def sysctl_path(key: str) -> str:
+    if not re.fullmatch(r"net\.[A-Za-z0-9_.\-]+", key) or ".." in key:
+        raise ValueError(f"not a network sysctl: {key!r}")
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+@dataclass
+class SockInfo:
+    """One row of the kernel's socket table (sock_diag)."""
+
+    state: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    rqueue: int  # LISTEN: accept queue length; else bytes not yet read
+    wqueue: int  # LISTEN: backlog in force; else bytes not yet acked
+    family: int = socket.AF_INET
+
+    def __str__(self):
+        return f"{self.state} {self.src}:{self.sport} -> {self.dst}:{self.dport} rq={self.rqueue} wq={self.wqueue}"
+
+
+@dataclass
+class Host:
+    """One network namespace with one end of the veth."""
+
+    role: str
+    ns: str
+    ifname: str
+    addr4: str
+    addr6: str
+    mac: str = ""
+    ifindex: int = 0
+    _counters_base: dict = field(default_factory=dict)
+
+    def addr(self, family: str) -> str:
+        return self.addr4 if family == "v4" else self.addr6
+
+    def call(self, fn, *args, **kwargs):
+        return in_netns(self.ns, fn, *args, **kwargs)
+
+    def socket(self, family: str = "v4", kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket of the harness's own, living in this host's namespace."""
+        return self.call(socket.socket, FAMILIES[family], kind)
+
+    def netlink(self, fn):
+        """Run fn(ipr) with an IPRoute socket opened inside this namespace.
+
+        The socket is made, used and closed in one thread (pyroute2 0.9
+        netlink sockets are thread-local), and no process is forked
+        (IPRoute(netns=...) forks one per socket).
+        """
+
+        def run():
+            with IPRoute() as ipr:
+                return fn(ipr)
+
+        return self.call(run)
+
+    # sysctls
+    def sysctl(self, key: str, value: str | None = None) -> str:
+        path = sysctl_path(key)
+
+        def run():
+            if value is not None:
+                with open(path, "w") as f:
+                    f.write(str(value))
+            with open(path) as f:
+                return f.read().strip()
+
+        try:
+            return self.call(run)
+        except FileNotFoundError:
+            raise ValueError(f"unknown sysctl {key}") from None
+
+    def sysctls(self, values: dict) -> None:
+        def run():
+            for key, value in values.items():
+                try:
+                    with open(sysctl_path(key), "w") as f:
+                        f.write(str(value))
+                except FileNotFoundError:
+                    raise ValueError(f"unknown sysctl {key}") from None
+
+        self.call(run)
+
+    # kernel evidence
+    def sockets(self, family: str | None = None, proto: int = IPPROTO_TCP) -> list[SockInfo]:
+        """The namespace's TCP socket table through sock_diag."""
+        fams = [FAMILIES[family]] if family else [socket.AF_INET, socket.AF_INET6]
+
+        def run():
+            rows = []
+            # pyroute2 netlink sockets are thread-local: create, use and close here.
+            with DiagSocket() as ds:
+                ds.bind()
+                for fam in fams:
+                    for m in ds.get_sock_stats(family=fam, protocol=proto):
+                        rows.append(
+                            SockInfo(
+                                state=TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
+                                src=m["idiag_src"], sport=m["idiag_sport"],
+                                dst=m["idiag_dst"], dport=m["idiag_dport"],
+                                rqueue=m["idiag_rqueue"], wqueue=m["idiag_wqueue"], family=fam,
+                            )
+                        )
+            return rows
+
+        return self.call(run)
+
+    def counters(self) -> dict[str, int]:
+        """/proc/net/netstat and snmp of this namespace: {'TcpExt.ListenOverflows': n, ...}."""
+
+        def run():
+            out = {}
+            for name in ("netstat", "snmp"):
+                with open(f"/proc/thread-self/net/{name}") as f:
+                    lines = f.read().splitlines()
+                for head, vals in zip(lines[::2], lines[1::2]):
+                    group, keys = head.split(":", 1)
+                    _, nums = vals.split(":", 1)
+                    for k, v in zip(keys.split(), nums.split()):
+                        out[f"{group}.{k}"] = int(v)
+            return out
+
+        return self.call(run)
+
+
+class Topology:
+    """Two fresh namespaces, target and peer, joined by a veth pair.
+
+    target 198.51.100.1/24 2001:db8::1/64  <-- veth -->  peer 198.51.100.2/24 2001:db8::2/64
+
+    The peer never forwards, so an address on the link that nobody owns but
+    whose neighbour entry points at the peer (BLACKHOLE4/6) silently eats SYNs.
+    """
+
+    def __init__(self, target_sysctls: dict | None = None):
+        base = new_base()
+        self.base = base
+        self.target = Host("target", base + "t", base + "t", TARGET4, TARGET6)
+        self.peer = Host("peer", base + "p", base + "p", PEER4, PEER6)
+        self.created: list[str] = []
+        try:
+            self._build(target_sysctls or {})
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def hosts(self):
+        return (self.target, self.peer)
+
+    def _build(self, target_sysctls):
+        for host in self.hosts:
+            self.created.append(host.ns)  # before creating: a half-made namespace is removed too
+            create_netns(host.ns)
+            host.sysctls(BASE_SYSCTLS)
+        self.target.sysctls(target_sysctls)
+        # Create both veth ends directly in their namespaces: moving one costs 40-90 ms.
+        self.target.netlink(lambda ipr: ipr.link(
+            "add", ifname=self.target.ifname, kind="veth",
+            peer={"ifname": self.peer.ifname, "net_ns_fd": self.peer.ns},
+        ))
+        for host in self.hosts:
+            host.netlink(lambda ipr, host=host: self._address(ipr, host))
+        # Permanent neighbour entries for the link partner: no ARP or neighbour
+        # discovery before the first SYN. A new veth's IPv6 side can take up to
+        # a second to join its solicited-node group, and a lost first neighbour
+        # solicitation would delay a v6 connect by a full second.
+        for host, other in ((self.target, self.peer), (self.peer, self.target)):
+            host.netlink(lambda ipr, host=host, other=other: [
+                ipr.neigh("replace", dst=addr, lladdr=other.mac, ifindex=host.ifindex, state="permanent")
+                for addr in (other.addr4, other.addr6)])
+
+    @staticmethod
+    def _address(ipr, host):
+        ipr.link("set", index=1, state="up")  # loopback
+        (link,) = ipr.link("get", ifname=host.ifname)
+        host.ifindex = link["index"]
+        host.mac = link.get_attr("IFLA_ADDRESS")
+        ipr.addr("add", index=host.ifindex, address=host.addr4, prefixlen=NET4.prefixlen)
+        ipr.addr("add", index=host.ifindex, address=host.addr6, prefixlen=NET6.prefixlen)
+        ipr.link("set", index=host.ifindex, state="up")
+
+    def blackhole(self, family: str) -> str:
+        """An address on the link whose packets reach the peer, which drops them silently.
+
+        A permanent neighbour entry on the target maps it to the peer's MAC;
+        the peer has forwarding off. No netfilter needed.
+        """
+        addr = BLACKHOLE4 if family == "v4" else BLACKHOLE6
+        self.target.netlink(lambda ipr: ipr.neigh(
+            "replace", dst=addr, lladdr=self.peer.mac, ifindex=self.target.ifindex, state="permanent"))
+        return addr
+
+    def close(self):
+        for ns in reversed(self.created):
+            try:
+                netns.remove(ns)
+            except OSError:
+                pass
+        self.created.clear()
+
+
+def owned_names(names):
+    """(name, pid) for names with the project's prefix."""
+    for name in names:
+        m = NAME_RE.match(name)
+        if m:
+            yield name, int(m.group(1))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep() -> list[str]:
+    """Remove namespaces of this suite whose owner process is gone. Returns their names.
+
+    Only names matching the suite's prefix pattern whose embedded PID is no
+    longer alive are touched; live runs (other pytest sessions, other xdist
+    workers) keep theirs. Removing a namespace removes its veth end too.
+    """
+    removed = []
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return removed
+    for name, pid in owned_names(names):
+        if pid != os.getpid() and not pid_alive(pid):
+            try:
+                netns.remove(name)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
