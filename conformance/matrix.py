@@ -1,7 +1,7 @@
 """The behaviour matrix printed at the end of a run: rows are behaviours, columns targets."""
 from __future__ import annotations
 
-CELL = 24
+CELL = 25
 
 
 def _props(report) -> dict:
@@ -11,6 +11,8 @@ def _props(report) -> dict:
 def collect(reports) -> dict:
     """{(behaviour, target): (verdict, key value)} from pytest reports of target-parametrized tests."""
     cells: dict = {}
+    # Rows in the order the cases are written (xdist reports arrive in any order).
+    reports = sorted(reports, key=lambda r: (r.location[0], r.location[1] or 0, r.nodeid))
     for rep in reports:
         props = _props(rep)
         if "target" not in props:
