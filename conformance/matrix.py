@@ -15,13 +15,9 @@ def collect(reports) -> dict:
     reports = sorted(reports, key=lambda r: (r.location[0], r.location[1] or 0, r.nodeid))
     for rep in reports:
         props = _props(rep)
-        if "target" not in props:
+        if "behaviour" not in props:
             continue
-        name = rep.nodeid.split("::")[-1].split("[")[0]
-        behaviour = name[5:] if name.startswith("test_") else name
-        if props.get("family"):
-            behaviour += f" {props['family']}"
-        key = (behaviour, props["target"])
+        key = (props["behaviour"], props["target"])
         if rep.when == "call" or (rep.when == "setup" and not rep.passed):
             verdict = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}[rep.outcome]
             if rep.when == "setup" and rep.failed:

@@ -1,0 +1,98 @@
+"""Nothing is left behind: namespaces, veths and agent processes go, also on Ctrl-C and SIGTERM."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conformance.case import Net
+from conformance.targets import builtin_targets
+from conformance.topology import NETNS_DIR, PREFIX, sweep
+
+from .helpers import ROOT
+
+
+def suite_namespaces(pid=None):
+    names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
+    stem = f"{PREFIX}{pid}-" if pid else PREFIX
+    return sorted(n for n in names if n.startswith(stem))
+
+
+def netns_pids(name):
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def test_net_close_removes_namespaces_links_and_agents():
+    net = Net()
+    agent = net.start(builtin_targets()["python"])
+    names = [net.target.ns, net.peer.ns]
+    assert all(n in suite_namespaces(os.getpid()) for n in names)
+    net.close()
+    assert not [n for n in names if n in suite_namespaces()]
+    assert not alive(agent.pid)
+
+
+def test_failure_in_setup_removes_what_was_made(monkeypatch):
+    """A namespace that fails halfway (here: a bad sysctl) is removed before the error surfaces."""
+    before = suite_namespaces(os.getpid())
+    with pytest.raises(ValueError, match="unknown sysctl net.ipv4.no_such_thing"):
+        Net(target_sysctls={"net.ipv4.no_such_thing": "1"})
+    assert suite_namespaces(os.getpid()) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_leaves_nothing(sig):
+    """Interrupt pytest in the middle of a case (connect() waiting on SYN retransmissions)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/cases/test_timedout.py",
+         "--targets", "python", "--families", "v4"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        names, agents = [], []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not agents:
+            names = suite_namespaces(proc.pid)
+            agents = [p for n in names for p in netns_pids(n)]
+            time.sleep(0.05)
+        assert names and agents, "the case never started its namespaces and agent"
+        time.sleep(0.3)  # inside connect(), waiting for the SYN timer
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert suite_namespaces(proc.pid) == [], out.decode()
+    assert not [p for p in agents if alive(p)], "an agent process outlived the run"
+    assert proc.returncode != 0
+
+
+def test_sweep_removes_only_dead_owners():
+    # A namespace named for a PID that is not running, as a SIGKILLed run leaves it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"{PREFIX}{dead.pid}-zzt"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    net = Net()  # ours, alive
+    try:
+        removed = sweep()
+        assert name in removed
+        assert name not in suite_namespaces()
+        assert net.target.ns in suite_namespaces(), "the sweep removed a live run's namespace"
+    finally:
+        net.close()
+        if name in suite_namespaces():
+            subprocess.run(["ip", "netns", "del", name])
