@@ -113,7 +113,7 @@ static int timeout_ms(const char *text, long long *ms)
 {
     if (strcmp(text, "none") == 0)
         return *ms = NONE, 1;
-    return number(text, 0, 0x7fffffff, ms);
+    return number(text, 1, 0x7fffffff, ms);
 }
 
 struct keyword { const char *name; int value; };
@@ -667,7 +667,7 @@ static int read_line(char *line, const char **bad)
     if (c == EOF && total == 0)
         return -1;
     line[len] = '\0';
-    *bad = !ascii ? "not ASCII" : total > MAXLINE ? "line too long" : NULL;
+    *bad = total > MAXLINE ? "line too long" : !ascii ? "not ASCII" : NULL;
     return 0;
 }
 

@@ -173,7 +173,7 @@ func timeout(text string) (d time.Duration, ok bool, err error) {
 	if text == "none" {
 		return 0, false, nil
 	}
-	ms, err := number(text, 0, 1<<31-1)
+	ms, err := number(text, 1, 1<<31-1)
 	return time.Duration(ms) * time.Millisecond, true, err
 }
 

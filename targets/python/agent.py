@@ -31,7 +31,7 @@ def pct(text):
 def timeout_arg(text):
     if text == "none":
         return None
-    return number(text) / 1000.0
+    return number(text, 1) / 1000.0
 
 
 def number(text, low=0, high=2**31 - 1):

@@ -21,6 +21,7 @@ BAD = [
     ("bind 1 not-an-address 80", "badarg"),
     ("bind 1 127.0.0.1 70000", "badarg"),
     ("send 1 zz", "badarg"),
+    ("accept 1 0", "badarg"),
     ("x" * 5000, "badline"),
 ]
 
