@@ -12,6 +12,7 @@ from .helpers import deviant, run_suite
 DEVIATIONS = [
     # mode, the cases that must fail (-k), the control case that must pass (-k)
     ("eager-accept", "test_handshake[", "test_refused"),
+    ("fake-refused", "test_handshake_as_client", "test_handshake["),
     ("wrong-errno", "test_refused", "test_handshake["),
     ("fake-refused", "test_refused", "test_handshake["),
     ("client-timeout", "test_timedout", "test_refused"),
@@ -20,7 +21,7 @@ DEVIATIONS = [
 ]
 
 
-@pytest.mark.parametrize("mode,case,control", DEVIATIONS, ids=[d[0] for d in DEVIATIONS])
+@pytest.mark.parametrize("mode,case,control", DEVIATIONS, ids=[f"{d[0]}-{d[1].strip('[')}" for d in DEVIATIONS])
 def test_case_fails_on_deviant_target(tmp_path, mode, case, control):
     code, outcomes, output = run_suite(
         tmp_path, "tests/cases", "--targets", "deviant", "--add-target", deviant(mode), "--families", "v4",
