@@ -1,58 +1,46 @@
-"""The behaviour matrix printed at the end of a run: rows are behaviours, columns targets."""
+"""The behaviour matrix printed at the end of a run: rows are behaviours, columns targets.
+
+Each cell is the verdict (pass, FAIL, ERROR, skip, diff = declared difference,
+XPASS = a declared difference that is gone) and the key observed value.
+Three targets fit in 100 columns.
+"""
 from __future__ import annotations
 
-CELL = 25
+CELL = 26
+LEGEND = "pass | FAIL | ERROR | skip (reason) | diff = declared difference | XPASS = declared difference gone"
 
 
-def _props(report) -> dict:
-    return dict(getattr(report, "user_properties", []) or [])
+def cell_text(rec: dict) -> str:
+    if rec["verdict"] in ("pass", "FAIL"):
+        detail = " ".join(x for x in (rec["key"], rec["detail"]) if x) if rec["verdict"] == "pass" else rec["reason"]
+    else:
+        detail = rec["reason"] or rec["key"]
+    return f"{rec['verdict']} {detail}".strip()
 
 
-def collect(reports) -> dict:
-    """{(behaviour, target): (verdict, key value)} from pytest reports of target-parametrized tests."""
-    cells: dict = {}
-    # Rows in the order the cases are written (xdist reports arrive in any order).
-    reports = sorted(reports, key=lambda r: (r.location[0], r.location[1] or 0, r.nodeid))
-    for rep in reports:
-        props = _props(rep)
-        if "behaviour" not in props:
-            continue
-        key = (props["behaviour"], props["target"])
-        if rep.when == "call" or (rep.when == "setup" and not rep.passed):
-            verdict = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}[rep.outcome]
-            if rep.when == "setup" and rep.failed:
-                verdict = "ERROR"
-            detail = props.get("key", "")
-            if verdict == "skip":
-                detail = _skip_reason(rep)
-            cells[key] = (verdict, detail)
-        elif rep.when == "teardown" and rep.failed and key in cells:
-            cells[key] = ("ERROR", "teardown")
-    return cells
-
-
-def _skip_reason(rep) -> str:
-    longrepr = rep.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        reason = longrepr[2]
-        return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
-    return ""
-
-
-def render(reports, targets: list[str]) -> str:
-    cells = collect(reports)
-    if not cells:
+def render(records: list[dict], targets: list[str]) -> str:
+    if not records:
         return ""
-    behaviours = list(dict.fromkeys(b for b, _ in cells))
-    seen_targets = [t for t in targets if any(t == tt for _, tt in cells)]
-    seen_targets += [t for t in dict.fromkeys(tt for _, tt in cells) if t not in seen_targets]
-    width = max(len(b) for b in behaviours) + 1
-    lines = ["behaviour".ljust(width) + "".join(t[:CELL - 1].ljust(CELL) for t in seen_targets)]
+    cells = {(r["case"], r["target"]): r for r in records}
+    behaviours = list(dict.fromkeys(r["case"] for r in records))
+    columns = [t for t in targets if any(r["target"] == t for r in records)]
+    columns += [t for t in dict.fromkeys(r["target"] for r in records) if t not in columns]
+    # Fit 100 columns: the behaviour column takes what it needs (up to 34), the targets share the rest.
+    width = min(max(len(b) for b in behaviours) + 1, 34)
+    cell = max(18, min(CELL, (100 - width) // max(1, len(columns))))
+
+    def fit(text: str, n: int) -> str:
+        return (text[: n - 2] + "…" if len(text) > n - 1 else text).ljust(n)
+
+    lines = [fit("behaviour", width) + "".join(fit(t, cell) for t in columns)]
     for b in behaviours:
-        row = b.ljust(width)
-        for t in seen_targets:
-            verdict, detail = cells.get((b, t), ("-", ""))
-            text = f"{verdict} {detail}".strip()
-            row += (text[:CELL - 2] + "…" if len(text) > CELL - 1 else text).ljust(CELL)
+        row = fit(b, width)
+        for t in columns:
+            rec = cells.get((b, t))
+            row += fit(cell_text(rec) if rec else "-", cell)
         lines.append(row.rstrip())
+    counts = {}
+    for r in records:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    lines.append(", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + f"   ({LEGEND})")
     return "\n".join(lines)

@@ -211,6 +211,21 @@ class Host:
         except FileNotFoundError:
             raise ValueError(f"unknown sysctl {key}") from None
 
+    def read_sysctls(self, keys) -> dict:
+        """The values in force for keys (those this kernel has)."""
+
+        def run():
+            out = {}
+            for key in keys:
+                try:
+                    with open(sysctl_path(key)) as f:
+                        out[key] = " ".join(f.read().split())
+                except FileNotFoundError:
+                    pass
+            return out
+
+        return self.call(run)
+
     def sysctls(self, values: dict) -> None:
         def run():
             for key, value in values.items():

@@ -62,4 +62,4 @@ def test_queue_full(net, agent, family, record):
     record("syns_before_completion", len(sent))
     record("delay_after_accept_ms", f"{delay * 1000:.0f}")
     record("connect_delay_ms", f"{total * 1000:.0f}")
-    record.key(f"q={listener.rqueue} +{total:.1f}s")
+    record.key(f"q={listener.rqueue} delayed", f"+{total:.1f}s")

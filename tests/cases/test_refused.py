@@ -25,4 +25,4 @@ def test_refused(net, agent, family, record):
     record("errno", r.errno)
     record("connect_ms", f"{r.ms:.3f}")
     record("rst", str(rst))
-    record.key(f"{r.errno} {r.ms:.2f}ms")
+    record.key(r.errno, f"{r.ms:.2f}ms")

@@ -26,7 +26,7 @@ def fin_and_ack(net, src, dst, sport, dport, who):
     return fin
 
 
-def test_time_wait_target_first(net, agent, family, record):
+def test_time_wait_by_target(net, agent, family, record):
     s, conn, tport = connect_pair(net, agent, family)
     tuple_t = dict(sport=tport, dport=PORT)
     tuple_p = dict(sport=PORT, dport=tport)
@@ -48,7 +48,7 @@ def test_time_wait_target_first(net, agent, family, record):
     record.key("target TIME_WAIT")
 
 
-def test_time_wait_peer_first(net, agent, family, record):
+def test_time_wait_by_peer(net, agent, family, record):
     s, conn, tport = connect_pair(net, agent, family)
     tuple_t = dict(sport=tport, dport=PORT)
     tuple_p = dict(sport=PORT, dport=tport)

@@ -37,4 +37,4 @@ def test_timedout(net, agent, family, record):
     record("syns", len(syns))
     record("shortened_by", f"TCP_SYNCNT={SYNCNT} on the target's socket")
     record("syn_times_s", " ".join(f"{x.time - syns[0].time:.3f}" for x in syns))
-    record.key(f"{r.errno} {r.ms / 1000:.2f}s")
+    record.key(f"{r.errno} {len(syns)}SYN", f"{r.ms / 1000:.1f}s")

@@ -1,0 +1,116 @@
+"""Results of a run: one record per case and target, built from pytest's reports.
+
+The same records feed the terminal matrix, --results-json and --html, so the
+three always agree. The JSON schema is documented in docs/results-schema.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+SCHEMA = "tcp-conformance-results"
+VERSION = 1
+RESERVED = {"target", "family", "behaviour", "key", "detail", "runtime", "pcap"}
+
+
+def _props(report) -> dict:
+    return dict(getattr(report, "user_properties", []) or [])
+
+
+def _skip_reason(rep) -> str:
+    longrepr = rep.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = longrepr[2]
+        return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    return str(longrepr or "")
+
+
+def _failure(rep) -> str:
+    crash = getattr(getattr(rep, "longrepr", None), "reprcrash", None)
+    text = crash.message if crash is not None else str(rep.longrepr or "")
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def verdict_of(rep) -> tuple[str, str]:
+    """(verdict, reason) of one report: pass, FAIL, ERROR, skip, diff (declared), XPASS."""
+    wasxfail = getattr(rep, "wasxfail", None)
+    if wasxfail is not None:
+        if rep.skipped:
+            return "diff", wasxfail
+        return "XPASS", f"declared difference is gone: {wasxfail}"
+    if rep.failed and "XPASS(strict)" in str(rep.longrepr):
+        return "XPASS", "declared difference is gone: " + str(rep.longrepr).split("]", 1)[-1].strip()
+    if rep.passed:
+        return "pass", ""
+    if rep.skipped:
+        return "skip", _skip_reason(rep)
+    if rep.when == "call":
+        return "FAIL", _failure(rep)
+    return "ERROR", f"{rep.when}: {_failure(rep)}"
+
+
+def collect(reports) -> list[dict]:
+    """One record per case and target (reports of every phase, any order)."""
+    records: dict[str, dict] = {}
+    order = sorted(reports, key=lambda r: (r.location[0], r.location[1] or 0, r.nodeid))
+    for rep in order:
+        props = _props(rep)
+        if "behaviour" not in props:
+            continue
+        rec = records.setdefault(rep.nodeid, {
+            "id": rep.nodeid, "case": props["behaviour"], "test": rep.nodeid.split("::")[-1].split("[")[0],
+            "family": props.get("family"), "target": props["target"], "verdict": None, "reason": "",
+            "key": "", "detail": "", "observed": {}, "runtime": "", "pcap": None, "duration_s": 0.0,
+            "evidence": {},
+        })
+        rec["duration_s"] = round(rec["duration_s"] + (rep.duration or 0.0), 6)
+        for k, v in props.items():
+            if k in ("key", "detail", "runtime", "pcap"):
+                rec[k] = v
+            elif k not in RESERVED:
+                rec["observed"][k] = v
+        rec["evidence"].update(getattr(rep, "tcc_evidence", None) or {})
+        if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+            rec["verdict"], rec["reason"] = verdict_of(rep)
+        elif rep.when == "teardown" and rep.failed:
+            rec["verdict"], rec["reason"] = "ERROR", f"teardown: {_failure(rep)}"
+    return [r for r in records.values() if r["verdict"] is not None]
+
+
+def document(records: list[dict], *, profile: str, sysctls: dict, kernel: str, kernel_version: str,
+             targets: list[str]) -> dict:
+    runtimes = {}
+    for r in records:
+        if r["runtime"]:
+            runtimes.setdefault(r["target"], r["runtime"])
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": kernel,
+        "kernel_version": kernel_version,
+        "profile": profile,
+        "sysctls": sysctls,
+        "targets": {t: {"runtime": runtimes.get(t, "")} for t in targets},
+        "results": records,
+    }
+
+
+def write_json(path: str, doc: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_json(path: str) -> dict:
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a results file of this suite (schema {doc.get('schema')!r})")
+    if doc.get("version") != VERSION:
+        raise ValueError(f"{path}: results schema version {doc.get('version')}, this suite reads {VERSION}")
+    return doc

@@ -1,0 +1,121 @@
+"""A bound socket does not take connections until listen(): accept() fails, a connect is refused.
+
+Seed 004: "listen():使一个绑定的TCP套接字的状态由CLOSE转换成监听(LISTEN),这样来自客户的外来连接
+就可在该套接字上由内核接受" — listen() turns a bound socket from CLOSE into LISTEN, and only
+then does the kernel accept incoming connections on it. Seed 003: "socket()->bind()->listen()
+->accept()"; seed 002: an RST answers "目的地为某端口的SYN到达,然而并没有监听该端口的服务".
+
+Kernel evidence for a bound socket that is not listening uses sock_diag's dump of
+bound-only sockets (TCP_BOUND_INACTIVE, Linux 6.8+): such a socket shows in state
+CLOSE with its port; on an older kernel that part is recorded as not available.
+
+Go has no separate bind step (the agent defers it to listen/connect): a Go handle
+that was only bound is no OS socket at all, so the Go agent answers `unsupported`
+to getsockname and accept on it and the case is skipped for Go, with that reason.
+"""
+import os
+import socket
+
+from conformance.capture import tcp
+from conformance.case import connected
+from conformance.topology import FAMILIES, TCP_STATES
+
+PORT = 7878
+TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+def bound_only(host, family: str, port: int):
+    """(state, addr, port) of the host's TCP sockets bound to port that neither listen nor connect.
+
+    Written here because Host.sockets() asks sock_diag for the real TCP states only;
+    bound-only sockets are dumped when the TCP_BOUND_INACTIVE bit is requested.
+    """
+    from pyroute2 import DiagSocket
+
+    def run():
+        with DiagSocket() as ds:
+            ds.bind()
+            return [(TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])), m["idiag_src"], m["idiag_sport"])
+                    for m in ds.get_sock_stats(family=FAMILIES[family], protocol=socket.IPPROTO_TCP,
+                                               states=1 << TCP_BOUND_INACTIVE)
+                    if m["idiag_sport"] == port]
+
+    return host.call(run)
+
+
+def bind_only(net, agent, family, record):
+    """A target socket bound to (target address, PORT), never listened on. Skips when the language has none."""
+    server = net.target.addr(family)
+    s = agent.socket("tcp", family).h
+    bound = agent.bind(s, server, PORT).check()
+    record("bind_deferred", bound.fields.get("deferred", "0"))
+    name = agent.getsockname(s).check()  # Go: unsupported (bind is deferred, no socket exists yet) -> skip
+    assert (name["addr"], int(name["port"])) == (server, PORT), \
+        f"getsockname after bind: {name['addr']}:{name['port']}, expected {server}:{PORT}"
+
+    assert not net.sockets(net.target, state="LISTEN", sport=PORT), \
+        f"a socket only bound is LISTEN in the kernel table: {net.sockets(net.target, sport=PORT)}"
+    if kernel_at_least(6, 8):
+        rows = bound_only(net.target, family, PORT)
+        assert rows == [("CLOSE", server, PORT)], \
+            f"the kernel should show one bound socket in CLOSE at {server}:{PORT}, shows {rows}"
+        record("kernel_bound", f"{rows[0][0]} {rows[0][1]}:{rows[0][2]}")
+    else:
+        record("kernel_bound", "not dumped before Linux 6.8")
+    return s
+
+
+def test_listen_accept_einval(net, agent, family, record):
+    """accept() on a bound socket that is not listening fails at once with EINVAL; after listen() it works."""
+    s = bind_only(net, agent, family, record)
+
+    r = agent.accept(s, 1.0)
+    if r.status == "unsupported":
+        r.check()  # skips, with the language's reason
+    assert r.errno == "EINVAL", f"expected err EINVAL from accept() on a socket that is not listening, got {r}"
+    assert r.ms < 500, f"accept() on a non-listening socket took {r.ms:.0f} ms: it waited instead of failing"
+    assert not net.sockets(net.target, state="LISTEN", sport=PORT), \
+        "the failed accept() left a LISTEN socket behind"
+    assert not net.wire.tcp(), f"the failed accept() put something on the wire: {net.wire.summary()}"
+
+    # listen() is what was missing: the same socket now takes a connection.
+    agent.listen(s, 4).check()
+    assert net.wait_state(net.target, "LISTEN", sport=PORT), "listen() did not make the socket LISTEN"
+    client = net.peer_connect(family, net.target.addr(family), PORT)
+    assert connected(client, 2.0) == 0, "a connect to the socket after listen() did not complete"
+    cport = client.getsockname()[1]
+    net.wire.expect(tcp(sport=PORT, dport=cport, flags="SA"), "a SYN-ACK once the socket listens")
+    a = agent.accept(s, 2.0).check()
+    assert (a["addr"], int(a["port"])) == (net.peer.addr(family), cport), \
+        f"accept() after listen() returned {a['addr']}:{a['port']}"
+
+    record("errno", r.errno)
+    record("accept_ms", f"{r.ms:.3f}")
+    record.key(f"{r.errno} {r.ms:.2f}ms")
+
+
+def test_listen_bound_refused(net, agent, family, record):
+    """A connect to a port that is bound but not listening is refused with an RST."""
+    bind_only(net, agent, family, record)
+    server = net.target.addr(family)
+
+    client = net.peer_connect(family, server, PORT)
+    err = connected(client, 2.0)
+    assert err == 111, f"the peer's connect to a bound, non-listening port gave {err!r}, expected ECONNREFUSED (111)"
+    cport = client.getsockname()[1]
+
+    syn = net.wire.expect(tcp(sport=cport, dport=PORT, flags="S"), "the peer's SYN")
+    rst = net.wire.expect(tcp(sport=PORT, dport=cport, has="R"), "an RST answering the SYN")
+    assert rst.flags == "RA" and rst.ack == (syn.seq + 1) % 2**32, \
+        f"the RST must ack the SYN (flags RA, ack {syn.seq + 1}): {rst}"
+    assert not net.wire.tcp(sport=PORT, has="S"), "the bound, non-listening port answered with a SYN-ACK"
+    assert not net.sockets(net.target, state="LISTEN", sport=PORT), "the target shows a LISTEN socket on the port"
+    assert not net.sockets(net.target, sport=PORT, dport=cport), "the refused connection left a socket on the target"
+
+    record("rst", str(rst))
+    record.key("RST, no LISTEN")
