@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the suite needs, only what is missing (idempotent). Run as root on Debian.
-#   system: iproute2 (ip netns exec), util-linux (setpriv), gcc + libc headers, Go
+#   system: iproute2 (ip netns exec), util-linux (setpriv), gcc + libc headers, Go, chromium
 #   python: the dependencies listed in pyproject.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then need_apt+=(golang-go); fi
+command -v chromium >/dev/null || need_apt+=(chromium)   # renders the --html page in a test
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

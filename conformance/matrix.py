@@ -7,7 +7,7 @@ Three targets fit in 100 columns.
 from __future__ import annotations
 
 CELL = 26
-LEGEND = "pass | FAIL | ERROR | skip (reason) | diff = declared difference | XPASS = declared difference gone"
+LEGEND = "cells: pass | FAIL | ERROR | skip reason | diff = declared difference | XPASS = difference gone"
 
 
 def cell_text(rec: dict) -> str:
@@ -42,5 +42,6 @@ def render(records: list[dict], targets: list[str]) -> str:
     counts = {}
     for r in records:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    lines.append(", ".join(f"{n} {v}" for v, n in sorted(counts.items())) + f"   ({LEGEND})")
+    lines.append(", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+    lines.append(LEGEND)
     return "\n".join(lines)

@@ -108,7 +108,7 @@ def test_broken_target_fails_its_cases_and_the_session_goes_on(tmp_path):
     script = tmp_path / "crashes.py"
     script.write_text(FAKE["crashes"])
     code, outcomes, output = run_suite(
-        tmp_path, "tests/cases", "-k", "refused", "--families", "v4",
+        tmp_path, "tests/cases/test_refused.py", "--families", "v4",
         "--targets", "broken,python", "--add-target", f"broken={sys.executable} {script}")
     assert outcomes == {"test_refused[v4-broken]": "failed", "test_refused[v4-python]": "passed"}, output
     assert "target broken: agent exited (status 139)" in output
