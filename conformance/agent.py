@@ -197,16 +197,22 @@ class Agent:
             self._fail(command, f"agent exited (status {code})")
         return Pending(self, command, deadline)
 
-    def receive(self, command: str, deadline: float) -> Reply:
+    def receive(self, command: str, deadline: float, raw: bool = False) -> Reply:
+        """Read the reply to command. A `proto` reply to a well-formed command means the agent
+        is broken (say, it lost track of its handles): AgentError, unless raw (protocol tests)."""
         line = self._readline(command, deadline)
         self.transcript.append((command, line))
         try:
-            return parse_reply(self.name, command, line)
+            reply = parse_reply(self.name, command, line)
         except (ValueError, IndexError) as e:
             self._fail(command, f"malformed reply {line!r}: {e}")
+        if reply.status == "proto" and not raw:
+            self._fail(command, f"protocol error from the agent: {line}")
+        return reply
 
-    def call(self, command: str, deadline: float = DEFAULT_DEADLINE) -> Reply:
-        return self.send(command, deadline).wait()
+    def call(self, command: str, deadline: float = DEFAULT_DEADLINE, raw: bool = False) -> Reply:
+        """Send command and wait for its reply; raw=True returns `proto` replies instead of failing."""
+        return self.send(command, deadline).wait(raw)
 
     # -- operations (targets/PROTOCOL.md) ---------------------------------
     @staticmethod
@@ -301,5 +307,5 @@ class Pending:
     def __init__(self, agent: Agent, command: str, deadline: float):
         self.agent, self.command, self.deadline = agent, command, deadline
 
-    def wait(self) -> Reply:
-        return self.agent.receive(self.command, self.deadline)
+    def wait(self, raw: bool = False) -> Reply:
+        return self.agent.receive(self.command, self.deadline, raw)

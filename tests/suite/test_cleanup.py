@@ -96,3 +96,96 @@ def test_sweep_removes_only_dead_owners():
         net.close()
         if name in suite_namespaces():
             subprocess.run(["ip", "netns", "del", name])
+
+
+def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
+    """SIGKILL an xdist worker mid-case: its agent dies with it (PR_SET_PDEATHSIG), and the
+    controller's end-of-run sweep removes the namespaces it could not."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2", "tests/cases/test_timedout.py",
+         "--targets", "python,c", "--families", "v4"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        victim, names, agents = None, [], []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not agents:
+            for name in suite_namespaces():
+                pid = int(name[len(PREFIX):].split("-")[0])
+                if pid != os.getpid() and _parent(pid) == proc.pid:  # a worker of this run
+                    victim = pid
+                    names = suite_namespaces(pid)
+                    agents = [p for n in names for p in netns_pids(n)]
+                    break
+            time.sleep(0.05)
+        assert victim and agents, "no worker started a case"
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode()
+    assert not [p for p in agents if alive(p)], "an agent outlived its killed worker"
+    assert suite_namespaces(victim) == [], text
+    assert f"{PREFIX}{victim}-" in text and "swept" in text, "the sweep must say what it removed"
+
+
+def _parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def test_host_namespace_untouched():
+    """Links, addresses, routes, rules, neighbours and net sysctls of the host are the same after cases ran."""
+    before = host_snapshot()
+    code = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "4", "tests/cases",
+         "-k", "refused or handshake or time_wait or queue_full or unreachable or udp"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    after = host_snapshot()
+    assert code.returncode in (0, 1), code.stdout[-3000:]
+    for part in before:
+        assert before[part] == after[part], f"the host's {part} changed"
+
+
+VOLATILE = ("nf_conntrack_count", "/stats", "random", "netfilter/nf_log")
+
+
+def host_snapshot():
+    from pyroute2 import IPRoute
+
+    def clean(msgs):
+        out = []
+        for m in msgs:
+            attrs = sorted((k, str(v)) for k, v in m.get("attrs", []) if k not in (
+                "IFLA_STATS", "IFLA_STATS64", "IFLA_AF_SPEC", "IFA_CACHEINFO", "RTA_CACHEINFO", "IFLA_XDP",
+                "NDA_CACHEINFO", "NDA_PROBES", "IFLA_PROTINFO", "IFLA_LINKINFO", "IFLA_PERM_ADDRESS", "IFLA_MAP"))
+            out.append(attrs)
+        return sorted(out)
+
+    with IPRoute() as ipr:
+        snap = {
+            "links": clean(ipr.get_links()),
+            "addresses": clean(ipr.get_addr()),
+            "routes": clean(ipr.get_routes(family=2)) + clean(ipr.get_routes(family=10)),
+            "rules": clean(ipr.get_rules(family=2)) + clean(ipr.get_rules(family=10)),
+        }
+    sysctls = {}
+    for dirpath, _, files in os.walk("/proc/sys/net"):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if any(v in path for v in VOLATILE):
+                continue
+            try:
+                with open(path) as fh:
+                    sysctls[path] = fh.read()
+            except OSError:
+                pass
+    snap["sysctls"] = sysctls
+    snap["netns"] = sorted(n for n in (os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else [])
+                           if not n.startswith(PREFIX))
+    return snap

@@ -36,7 +36,7 @@ def test_ready_line(net, agent):
 @pytest.mark.parametrize("command,code", BAD, ids=[c for _, c in BAD])
 def test_protocol_error(net, agent, command, code):
     agent.socket("tcp", "v4").h  # handle 1 exists, so only the bad part is wrong
-    reply = agent.call(command)
+    reply = agent.call(command, raw=True)
     assert (reply.status, reply.errno) == ("proto", code), f"{command[:40]!r} -> {reply}"
     # The agent goes on: the next command works.
     assert agent.getsockname(1).status in ("ok", "unsupported")
@@ -45,7 +45,7 @@ def test_protocol_error(net, agent, command, code):
 def test_non_ascii_line(net, agent):
     agent.proc.stdin.write("socket tcp inét\n".encode("utf-8"))
     agent.proc.stdin.flush()
-    reply = agent.receive("socket tcp inét", 5)
+    reply = agent.receive("socket tcp inét", 5, raw=True)
     assert (reply.status, reply.errno) == ("proto", "badline")
 
 

@@ -59,6 +59,9 @@ FAKE = {
                "sys.stderr.write('fake agent: segfault in connect\\n')\nsys.exit(139)",
     "garbage": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys\nsys.stdin.readline()\n"
                "print('HELLO THERE', flush=True)\nimport time\ntime.sleep(60)",
+    "badhandle": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys\nsys.stdin.readline()\n"
+                 "sys.stderr.write('fake agent: handle table corrupted\\n')\nprint('proto badhandle msg=no%20handle%201', flush=True)\n"
+                 "import time\ntime.sleep(60)",
     "floods": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys\nsys.stdin.readline()\n"
               "sys.stdout.write('x' * (3 << 20))\nsys.stdout.flush()\nimport time\ntime.sleep(60)",
     "silent": "import time\ntime.sleep(60)",
@@ -71,6 +74,7 @@ FAKE = {
     ("crashes", "agent exited (status 139) before replying"),
     ("garbage", "malformed reply 'HELLO THERE'"),
     ("floods", "without a newline (flood)"),
+    ("badhandle", "protocol error from the agent: proto badhandle"),
 ])
 def test_misbehaving_agent_is_killed_and_reported(tmp_path, kind, reason):
     script = tmp_path / f"{kind}.py"
@@ -83,6 +87,8 @@ def test_misbehaving_agent_is_killed_and_reported(tmp_path, kind, reason):
         assert f"target {kind}: " in text and reason in text and "socket tcp inet" in text
         if kind == "crashes":
             assert "segfault in connect" in text, "the stderr tail must be shown"
+        if kind == "badhandle":
+            assert "handle table corrupted" in text, "the stderr tail must be shown"
         assert agent.proc.poll() is not None, "the agent must be gone"
     finally:
         agent.stop()
