@@ -48,16 +48,19 @@ def bound_only(host, family: str, port: int):
     return host.call(run)
 
 
-def bind_only(net, agent, family, record):
-    """A target socket bound to (target address, PORT), never listened on. Skips when the language has none."""
-    server = net.target.addr(family)
+def bind_only(agent, family, server, record):
+    """A target socket bound to (server, PORT), never listened on."""
     s = agent.socket("tcp", family).h
     bound = agent.bind(s, server, PORT).check()
     record("bind_deferred", bound.fields.get("deferred", "0"))
+    return s
+
+
+def check_bound_only(net, agent, s, family, server, record):
+    """API and kernel: s is bound to (server, PORT) and does not listen. Skips when the language has no such socket."""
     name = agent.getsockname(s).check()  # Go: unsupported (bind is deferred, no socket exists yet) -> skip
     assert (name["addr"], int(name["port"])) == (server, PORT), \
         f"getsockname after bind: {name['addr']}:{name['port']}, expected {server}:{PORT}"
-
     assert not net.sockets(net.target, state="LISTEN", sport=PORT), \
         f"a socket only bound is LISTEN in the kernel table: {net.sockets(net.target, sport=PORT)}"
     if kernel_at_least(6, 8):
@@ -67,21 +70,22 @@ def bind_only(net, agent, family, record):
         record("kernel_bound", f"{rows[0][0]} {rows[0][1]}:{rows[0][2]}")
     else:
         record("kernel_bound", "not dumped before Linux 6.8")
-    return s
 
 
 def test_listen_accept_einval(net, agent, family, record):
     """accept() on a bound socket that is not listening fails at once with EINVAL; after listen() it works."""
-    s = bind_only(net, agent, family, record)
+    server = net.target.addr(family)
+    s = bind_only(agent, family, server, record)
 
     r = agent.accept(s, 1.0)
     if r.status == "unsupported":
-        r.check()  # skips, with the language's reason
+        r.check()  # Go: no Accept without a Listener (bind is deferred) -> skipped with that reason
     assert r.errno == "EINVAL", f"expected err EINVAL from accept() on a socket that is not listening, got {r}"
     assert r.ms < 500, f"accept() on a non-listening socket took {r.ms:.0f} ms: it waited instead of failing"
     assert not net.sockets(net.target, state="LISTEN", sport=PORT), \
         "the failed accept() left a LISTEN socket behind"
     assert not net.wire.tcp(), f"the failed accept() put something on the wire: {net.wire.summary()}"
+    check_bound_only(net, agent, s, family, server, record)  # still bound, still not listening
 
     # listen() is what was missing: the same socket now takes a connection.
     agent.listen(s, 4).check()
@@ -101,8 +105,9 @@ def test_listen_accept_einval(net, agent, family, record):
 
 def test_listen_bound_refused(net, agent, family, record):
     """A connect to a port that is bound but not listening is refused with an RST."""
-    bind_only(net, agent, family, record)
     server = net.target.addr(family)
+    s = bind_only(agent, family, server, record)
+    check_bound_only(net, agent, s, family, server, record)
 
     client = net.peer_connect(family, server, PORT)
     err = connected(client, 2.0)
@@ -116,6 +121,7 @@ def test_listen_bound_refused(net, agent, family, record):
     assert not net.wire.tcp(sport=PORT, has="S"), "the bound, non-listening port answered with a SYN-ACK"
     assert not net.sockets(net.target, state="LISTEN", sport=PORT), "the target shows a LISTEN socket on the port"
     assert not net.sockets(net.target, sport=PORT, dport=cport), "the refused connection left a socket on the target"
+    check_bound_only(net, agent, s, family, server, record)  # the bound socket is still there, still not listening
 
     record("rst", str(rst))
     record.key("RST, no LISTEN")
