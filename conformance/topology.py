@@ -38,6 +38,9 @@ TCP_STATES = {
     12: "NEW_SYN_RECV",
 }
 
+ALL_STATES = 0xFFF  # every real TCP state (1 << 0 .. 1 << 11)
+TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
+
 # Set explicitly in every namespace: new namespaces inherit some IPv4 settings
 # from the host (ip_forward among them), so nothing is left to chance.
 BASE_SYSCTLS = {
@@ -57,6 +60,7 @@ BASE_SYSCTLS = {
 
 _counter = itertools.count(1)
 CLONE_NEWNET = 0x40000000
+IFA_F_NODAD = 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -238,9 +242,14 @@ class Host:
         self.call(run)
 
     # kernel evidence
-    def sockets(self, family: str | None = None, proto: int = IPPROTO_TCP) -> list[SockInfo]:
-        """The namespace's TCP socket table through sock_diag."""
+    def sockets(self, family: str | None = None, proto: int = IPPROTO_TCP, bound: bool = False) -> list[SockInfo]:
+        """The namespace's TCP socket table through sock_diag.
+
+        bound=True also lists sockets that are bound but neither listen nor
+        connect (state CLOSE; sock_diag dumps them from Linux 6.8 on).
+        """
         fams = [FAMILIES[family]] if family else [socket.AF_INET, socket.AF_INET6]
+        states = ALL_STATES | (1 << TCP_BOUND_INACTIVE if bound else 0)
 
         def run():
             rows = []
@@ -248,7 +257,7 @@ class Host:
             with DiagSocket() as ds:
                 ds.bind()
                 for fam in fams:
-                    for m in ds.get_sock_stats(family=fam, protocol=proto):
+                    for m in ds.get_sock_stats(family=fam, protocol=proto, states=states):
                         rows.append(
                             SockInfo(
                                 state=TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
@@ -345,6 +354,15 @@ class Topology:
         addr = BLACKHOLE4 if family == "v4" else BLACKHOLE6
         self.target.netlink(lambda ipr: ipr.neigh(
             "replace", dst=addr, lladdr=self.peer.mac, ifindex=self.target.ifindex, state="permanent"))
+        return addr
+
+    def add_address(self, addr: str, family: str) -> str:
+        """Give the target another address on its veth; the peer reaches it without neighbour discovery."""
+        prefix, flags = (NET4.prefixlen, 0) if family == "v4" else (NET6.prefixlen, IFA_F_NODAD)
+        self.target.netlink(lambda ipr: ipr.addr("add", index=self.target.ifindex, address=addr,
+                                                 prefixlen=prefix, flags=flags))
+        self.peer.netlink(lambda ipr: ipr.neigh("replace", dst=addr, lladdr=self.target.mac,
+                                                ifindex=self.peer.ifindex, state="permanent"))
         return addr
 
     def close(self):

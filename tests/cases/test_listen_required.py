@@ -14,38 +14,16 @@ that was only bound is no OS socket at all, so the Go agent answers `unsupported
 to getsockname and accept on it and the case is skipped for Go, with that reason.
 """
 import os
-import socket
 
 from conformance.capture import tcp
 from conformance.case import connected
-from conformance.topology import FAMILIES, TCP_STATES
 
 PORT = 7878
-TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
 
 
 def kernel_at_least(major: int, minor: int) -> bool:
     release = os.uname().release.split("-")[0].split(".")
     return (int(release[0]), int(release[1])) >= (major, minor)
-
-
-def bound_only(host, family: str, port: int):
-    """(state, addr, port) of the host's TCP sockets bound to port that neither listen nor connect.
-
-    Written here because Host.sockets() asks sock_diag for the real TCP states only;
-    bound-only sockets are dumped when the TCP_BOUND_INACTIVE bit is requested.
-    """
-    from pyroute2 import DiagSocket
-
-    def run():
-        with DiagSocket() as ds:
-            ds.bind()
-            return [(TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])), m["idiag_src"], m["idiag_sport"])
-                    for m in ds.get_sock_stats(family=FAMILIES[family], protocol=socket.IPPROTO_TCP,
-                                               states=1 << TCP_BOUND_INACTIVE)
-                    if m["idiag_sport"] == port]
-
-    return host.call(run)
 
 
 def bind_only(agent, family, server, record):
@@ -64,7 +42,8 @@ def check_bound_only(net, agent, s, family, server, record):
     assert not net.sockets(net.target, state="LISTEN", sport=PORT), \
         f"a socket only bound is LISTEN in the kernel table: {net.sockets(net.target, sport=PORT)}"
     if kernel_at_least(6, 8):
-        rows = bound_only(net.target, family, PORT)
+        rows = [(r.state, r.src, r.sport) for r in net.target.sockets(family, bound=True)
+                if r.sport == PORT and r.state == "CLOSE"]
         assert rows == [("CLOSE", server, PORT)], \
             f"the kernel should show one bound socket in CLOSE at {server}:{PORT}, shows {rows}"
         record("kernel_bound", f"{rows[0][0]} {rows[0][1]}:{rows[0][2]}")

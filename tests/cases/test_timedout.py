@@ -6,7 +6,6 @@ the target's socket (one retransmission allowed), which ends it after about
 3 s with three SYNs on this kernel (net.ipv4.tcp_syn_linear_timeouts). The
 error must be the kernel's ETIMEDOUT, not a timeout of the agent's own.
 """
-from conformance.capture import tcp
 
 PORT = 80
 SYNCNT = 1

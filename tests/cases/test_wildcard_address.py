@@ -14,17 +14,10 @@ from conformance.case import connected
 PORT = 7878
 SECOND4, SECOND6 = "198.51.100.3", "2001:db8::3"
 WILDCARD = {"v4": "0.0.0.0", "v6": "::"}
-IFA_F_NODAD = 0x02
 
 
 def add_second_address(net, family) -> str:
-    """Give the target a second address on its veth and make the peer reach it without neighbour discovery."""
-    addr, prefix, flags = (SECOND4, 24, 0) if family == "v4" else (SECOND6, 64, IFA_F_NODAD)
-    net.target.netlink(lambda ipr: ipr.addr("add", index=net.target.ifindex, address=addr, prefixlen=prefix,
-                                            flags=flags))
-    net.peer.netlink(lambda ipr: ipr.neigh("replace", dst=addr, lladdr=net.target.mac, ifindex=net.peer.ifindex,
-                                           state="permanent"))
-    return addr
+    return net.topo.add_address(SECOND4 if family == "v4" else SECOND6, family)
 
 
 def test_wildcard_any(net, agent, family, record):
