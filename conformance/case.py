@@ -15,7 +15,7 @@ import time
 from .agent import Agent
 from .capture import Capture
 from .targets import Target
-from .topology import Topology
+from .topology import Topology, new_base
 
 LIVE: set["Net"] = set()  # every Net not yet closed, for cleanup on interrupt
 
@@ -32,12 +32,22 @@ def launcher(ns: str) -> list[str]:
 class Net:
     """Fresh namespaces (target, peer), a capture on the peer's interface, agents started inside."""
 
-    def __init__(self, target_sysctls: dict | None = None):
-        self.topo = Topology(target_sysctls)
+    def __init__(self, target_sysctls: dict | None = None, docker=None, target: Target | None = None):
+        """docker (a DockerRunner) with target: the target host is a container running target's agent."""
         LIVE.add(self)
         self.agents: list[Agent] = []
         self.peer_sockets: list[socket.socket] = []
+        self.wire = None
+        self.topo = None
+        self._docker, self._container = docker, None
         try:
+            target_pid = None
+            if docker is not None:
+                # The container first: its agent is ready before its namespace joins the topology.
+                self._container = f"{new_base()}c"
+                self.agents.append(Agent(target.name, docker.argv(target.name, self._container)))
+                target_pid = docker.pid(self._container)
+            self.topo = Topology(target_sysctls, target_pid)
             self.wire = Capture(self.topo.peer)
         except BaseException:
             self.close()
@@ -52,7 +62,9 @@ class Net:
         return self.topo.peer
 
     def start(self, target: Target) -> Agent:
-        """Start target's agent inside the target namespace."""
+        """Start target's agent inside the target namespace (under the Docker runner: the container's)."""
+        if self._container:
+            return self.agents[0]
         agent = Agent(target.name, target.argv(), launcher(self.target.ns))
         self.agents.append(agent)
         return agent
@@ -94,11 +106,14 @@ class Net:
     def close(self):
         for agent in self.agents:
             agent.stop()
+        if self._container:
+            self._docker.remove(self._container)
         for sock in self.peer_sockets:
             sock.close()
-        if getattr(self, "wire", None) is not None:
+        if self.wire is not None:
             self.wire.stop()
-        self.topo.close()
+        if self.topo is not None:
+            self.topo.close()
         LIVE.discard(self)
 
     def __enter__(self):

@@ -6,13 +6,18 @@ queueing *filler* frames first: raw Ethernet frames of an IEEE 802 local
 experimental EtherType (0x88B5) addressed to the other end, which its kernel
 drops silently (no protocol handles that EtherType, nothing answers, no IP
 counters move). Whatever the host sends next waits behind them, for about
-(queued bytes - bucket) / RATE: a *hold* of a known length, measured from the
-qdisc's own backlog. The filler is queued synchronously (sendto on an
+queued bytes / RATE: a *hold* of a known length, read back from the qdisc's
+own backlog. The filler is queued synchronously (sendto on an
 AF_PACKET socket enqueues into the qdisc before it returns), so the hold is in
 place when hold() returns.
 
-    install(net.peer)           # once: tbf as the root qdisc of the host's veth end
-    held = hold(net, net.peer, 0.3)  # the next packet the peer sends leaves ~0.3 s later
+    install(net.peer)                # once: tbf as the root qdisc of the peer's veth end
+    held = hold(net, net.peer, 0.3)  # the next packet the peer sends leaves about 0.3 s later
+
+Only the packets queued behind the filler wait; later ones find the bucket
+refilled at RATE (a SYN-ACK of 74 bytes costs 0.6 ms of tokens). The capture
+(on the peer's veth end) stamps a packet the peer sends when it leaves the
+qdisc, and one the target sends when it arrives, so the wire shows the delay.
 
 Everything lives in the namespaces of one case (removed with them); nothing
 touches the host's own namespace.
@@ -84,19 +89,20 @@ def _frames(host, partner_mac: str, count: int) -> None:
     host.call(run)
 
 
-def hold(net, host, seconds: float, rate: int = RATE, burst: int = BURST) -> Held:
+def hold(net, host, seconds: float, rate: int = RATE, burst: int = BURST, limit: int = LIMIT) -> Held:
     """Queue filler so that the next packet host (net.target or net.peer) sends waits about `seconds`.
 
-    install(host) first, with the same rate and burst.
-
-    The bucket may hold up to `burst` bytes of tokens, which let the first
-    frames pass at once; the frames queued beyond it set the hold.
+    install(host) first, with the same rate, burst and limit. The bucket's
+    tokens (at most `burst` bytes) let the first frame pass at once; the
+    frames queued behind it set the hold, which is read back from the qdisc.
     """
-    count = int(seconds * rate / FRAME) + 2  # +1 for the tokens in the bucket, +1 to round up
+    count = int(seconds * rate / FRAME) + 2  # +1 for the frame the bucket lets through, +1 to round up
+    if count * FRAME > limit:
+        raise ValueError(f"a hold of {seconds} s needs {count * FRAME} bytes queued, more than the limit {limit}")
+    if stats(host).get("kind") != "tbf":
+        raise RuntimeError(f"hold() needs tbf as the root qdisc of {host.ifname}: call install() first")
     partner = net.peer if host is net.target else net.target
     _frames(host, partner.mac, count)
     s = stats(host)
-    if s.get("kind") != "tbf":
-        raise RuntimeError(f"hold() needs tbf as the root qdisc of {host.ifname} (install() first): {s}")
     backlog = s.get("backlog", 0)
     return Held(count, backlog, s.get("qlen", 0), backlog / rate)

@@ -172,3 +172,23 @@ def select_targets(selection: str | None, added: list[str]) -> dict[str, Target]
     if unknown:
         raise ValueError(f"--targets: unknown target(s) {', '.join(unknown)}; known: {', '.join(available)}")
     return {n: available[n] for n in dict.fromkeys(names)}
+
+
+RUNNERS = ("namespace", "docker")
+
+
+def parse_runners(specs: list[str], targets: list[str]) -> dict[str, str]:
+    """--runner RUNNER (every target) or --runner NAME=RUNNER (one target); default: namespace."""
+    out = {t: "namespace" for t in targets}
+    for spec in specs:
+        name, sep, runner = spec.rpartition("=")
+        runner = runner.strip()
+        if runner not in RUNNERS:
+            raise ValueError(f"--runner {spec!r}: runner must be one of {', '.join(RUNNERS)}")
+        if not sep:
+            out = {t: runner for t in targets}
+        elif name.strip() in out:
+            out[name.strip()] = runner
+        else:
+            raise ValueError(f"--runner {spec!r}: {name.strip()!r} is not a selected target ({', '.join(targets)})")
+    return out

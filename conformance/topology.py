@@ -46,6 +46,8 @@ TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither l
 BASE_SYSCTLS = {
     "net.ipv4.ip_forward": "0",
     "net.ipv6.conf.all.forwarding": "0",
+    "net.ipv6.conf.all.disable_ipv6": "0",  # Docker turns IPv6 off in containers
+    "net.ipv6.conf.default.disable_ipv6": "0",
     "net.ipv6.conf.all.accept_dad": "0",
     "net.ipv6.conf.default.accept_dad": "0",
     "net.ipv6.conf.default.router_solicitations": "0",
@@ -297,7 +299,9 @@ class Topology:
     whose neighbour entry points at the peer (BLACKHOLE4/6) silently eats SYNs.
     """
 
-    def __init__(self, target_sysctls: dict | None = None):
+    def __init__(self, target_sysctls: dict | None = None, target_pid: int | None = None):
+        """target_pid: wire the network namespace of that process (a container) as the target host."""
+        self.target_pid = target_pid
         base = new_base()
         self.base = base
         self.target = Host("target", base + "t", base + "t", TARGET4, TARGET6)
@@ -316,7 +320,10 @@ class Topology:
     def _build(self, target_sysctls):
         for host in self.hosts:
             self.created.append(host.ns)  # before creating: a half-made namespace is removed too
-            create_netns(host.ns)
+            if host is self.target and self.target_pid:
+                netns.attach(host.ns, self.target_pid)  # bind-mount /proc/PID/ns/net as /run/netns/NAME
+            else:
+                create_netns(host.ns)
             host.sysctls(BASE_SYSCTLS)
         self.target.sysctls(target_sysctls)
         # Create both veth ends directly in their namespaces: moving one costs 40-90 ms.

@@ -1,0 +1,201 @@
+"""The Docker runner: a target's agent in a container with no network of its own,
+wired into the case's topology, so every case runs unchanged.
+
+- Images are built locally, never pulled: the C and Go agents as static
+  binaries in FROM scratch images; the Python agent on a Debian base the suite
+  builds with debootstrap (from the machine's own apt source) and `docker import`.
+  Every image is tagged by the content it was built from, so it is built once.
+- The container starts with `--network none`; its network namespace is bound
+  under /run/netns (pyroute2's netns.attach) and the topology puts the veth end,
+  the addresses and the sysctls there, as it does for a namespace of its own.
+- The agent's stdin/stdout are the container's (`docker run -i`); the Docker SDK
+  builds the images, finds the container's PID and removes containers.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .targets import TARGETS_DIR, BuildError, build_c, build_go, cache_dir, find_tool
+
+OWNER_LABEL = "tcc.owner"
+SUITE_LABEL = "tcc.suite"
+DEBIAN_SUITE = "bookworm"
+
+
+class DockerUnavailable(Exception):
+    """No engine, or it cannot run this target: the case is skipped with this reason."""
+
+
+def apt_mirror() -> str | None:
+    """The machine's own Debian mirror (from its apt sources), for debootstrap; None: debootstrap's default."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        m = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s", text, re.M)
+        if m:
+            return m.group(1)
+    return None
+
+
+class DockerRunner:
+    def __init__(self, runtime: str = "runc"):
+        self.runtime = runtime
+        self._client = None
+        self._images: dict[str, str] = {}
+
+    # -- engine ------------------------------------------------------------
+    def client(self):
+        if self._client is None:
+            try:
+                import docker
+
+                client = docker.from_env(timeout=60)
+                client.ping()
+                runtimes = client.info().get("Runtimes", {})
+            except Exception as e:  # the SDK raises several kinds for "no engine"
+                raise DockerUnavailable(
+                    f"no Docker engine reachable ({type(e).__name__}); start one: bash ci/docker-engine.sh") from None
+            if self.runtime not in runtimes:
+                raise DockerUnavailable(
+                    f"OCI runtime {self.runtime!r} is not configured in the Docker engine (it has: {', '.join(runtimes)})")
+            self._client = client
+        return self._client
+
+    # -- images ------------------------------------------------------------
+    def image(self, name: str) -> str:
+        """The image id of target `name`'s agent, built if missing (once: pytest-xdist workers wait on a lock)."""
+        if name not in self._images:
+            with open(cache_dir() / "docker-images.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._images[name] = self._image(name)
+        return self._images[name]
+
+    def _image(self, name: str) -> str:
+        if name in ("c", "go"):
+            return self._scratch_image(name, build_c(static=True) if name == "c" else build_go())
+        if name == "python":
+            return self._python_image()
+        raise DockerUnavailable(f"target {name} has no image: only built-in targets run under --runner docker")
+
+    def _find(self, tag: str) -> str | None:
+        import docker
+
+        try:
+            return self.client().images.get(tag).id
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _build(self, tag: str, dockerfile: str, files: dict[str, tuple[bytes, int]]) -> str:
+        """Build from an in-memory context (classic builder: no frontend image is pulled)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for fname, (data, mode) in {"Dockerfile": (dockerfile.encode(), 0o644), **files}.items():
+                info = tarfile.TarInfo(fname)
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+        buf.seek(0)
+        image, _ = self.client().images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, pull=False,
+                                              labels={SUITE_LABEL: "agent"})
+        return image.id
+
+    def _scratch_image(self, name: str, binary: Path) -> str:
+        data = binary.read_bytes()
+        tag = f"tcc-agent-{name}:{hashlib.sha256(data).hexdigest()[:16]}"
+        return self._find(tag) or self._build(
+            tag, 'FROM scratch\nCOPY agent /agent\nENTRYPOINT ["/agent"]\n', {"agent": (data, 0o755)})
+
+    def _python_image(self) -> str:
+        base = self._debian_python()
+        agent = (TARGETS_DIR / "python" / "agent.py").read_bytes()
+        tag = f"tcc-agent-python:{hashlib.sha256(agent + base.encode()).hexdigest()[:16]}"
+        return self._find(tag) or self._build(
+            tag, f'FROM {base}\nCOPY agent.py /agent.py\nENTRYPOINT ["python3", "-I", "-S", "/agent.py"]\n',
+            {"agent.py": (agent, 0o644)})
+
+    def _debian_python(self) -> str:
+        """A Debian root filesystem with python3 (debootstrap, then docker import), cached by its recipe."""
+        mirror = apt_mirror()
+        recipe = f"debootstrap --variant=minbase --include=python3 {DEBIAN_SUITE} {mirror or ''}"
+        tag = f"tcc-debian-python:{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+        if self._find(tag):
+            return tag
+        debootstrap = find_tool("debootstrap", "debootstrap")
+        work = tempfile.mkdtemp(prefix="tcc-rootfs-", dir="/var/tmp")
+        try:
+            rootfs = os.path.join(work, "rootfs")
+            argv = [debootstrap, "--variant=minbase", "--include=python3", DEBIAN_SUITE, rootfs] + ([mirror] if mirror else [])
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise BuildError(f"debootstrap for the Python image failed: {' '.join(argv)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+            try:
+                self.client().api.import_image_from_data(tar.stdout.read(), repository=tag.split(":")[0],
+                                                         tag=tag.split(":")[1])
+            finally:
+                tar.wait()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if not self._find(tag):
+            raise BuildError(f"docker import of the Debian root filesystem did not produce {tag}")
+        return tag
+
+    # -- containers --------------------------------------------------------
+    def argv(self, name: str, container: str) -> list[str]:
+        """The command that runs target `name`'s agent in a new container named `container`."""
+        image = self.image(name)
+        docker = shutil.which("docker")
+        if docker is None:
+            raise DockerUnavailable("the docker command line is not installed (Debian: apt-get install docker.io)")
+        return [docker, "run", "-i", "--rm", "--name", container, "--network", "none", "--runtime", self.runtime,
+                "--label", f"{OWNER_LABEL}={os.getpid()}", "--label", f"{SUITE_LABEL}=agent",
+                "--log-driver", "none", image]
+
+    def pid(self, container: str) -> int:
+        """The host PID of the container's first process (whose network namespace the case wires)."""
+        attrs = self.client().containers.get(container).attrs
+        pid = attrs["State"]["Pid"]
+        if not pid:
+            raise DockerUnavailable(f"container {container} is not running: {attrs['State'].get('Error') or attrs['State']}")
+        return pid
+
+    def remove(self, container: str) -> None:
+        import docker
+
+        try:
+            self.client().containers.get(container).remove(force=True)
+        except (docker.errors.NotFound, docker.errors.APIError, DockerUnavailable):
+            pass
+
+
+def sweep_containers() -> list[str]:
+    """Remove the suite's containers whose owner process is gone (a killed run). Returns their names."""
+    from .topology import pid_alive
+
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        containers = client.containers.list(all=True, filters={"label": OWNER_LABEL})
+    except Exception:
+        return []
+    removed = []
+    for c in containers:
+        owner = c.labels.get(OWNER_LABEL, "")
+        if owner.isdigit() and int(owner) != os.getpid() and not pid_alive(int(owner)):
+            try:
+                c.remove(force=True)
+                removed.append(c.name)
+            except Exception:
+                pass
+    return removed
