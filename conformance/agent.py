@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 
 MAX_REPLY = 1 << 20  # a reply longer than this is a flood, not a reply
+# Deadlines in seconds (--agent-deadline sets both): for the ready line, and for a call with no
+# timeout of its own. A call with a timeout gets that timeout + DEADLINE_MARGIN.
 START_DEADLINE = 10.0
 DEFAULT_DEADLINE = 10.0
 DEADLINE_MARGIN = 5.0  # on top of an operation's own timeout
@@ -184,7 +186,7 @@ class Agent:
         except UnicodeDecodeError:
             self._fail(command, f"reply is not ASCII: {line[:80]!r}")
 
-    def send(self, command: str, deadline: float = DEFAULT_DEADLINE) -> "Pending":
+    def send(self, command: str, deadline: float | None = None) -> "Pending":
         """Send a command without waiting: the agent may block in it while the case acts."""
         if self.proc.poll() is not None:
             self._fail(command, f"agent is not running (status {self.proc.returncode})")
@@ -195,7 +197,7 @@ class Agent:
         except BrokenPipeError:
             code = self.proc.wait()
             self._fail(command, f"agent exited (status {code})")
-        return Pending(self, command, deadline)
+        return Pending(self, command, DEFAULT_DEADLINE if deadline is None else deadline)
 
     def receive(self, command: str, deadline: float, raw: bool = False) -> Reply:
         """Read the reply to command. A `proto` reply to a well-formed command means the agent
@@ -210,7 +212,7 @@ class Agent:
             self._fail(command, f"protocol error from the agent: {line}")
         return reply
 
-    def call(self, command: str, deadline: float = DEFAULT_DEADLINE, raw: bool = False) -> Reply:
+    def call(self, command: str, deadline: float | None = None, raw: bool = False) -> Reply:
         """Send command and wait for its reply; raw=True returns `proto` replies instead of failing."""
         return self.send(command, deadline).wait(raw)
 

@@ -189,3 +189,38 @@ def host_snapshot():
     snap["netns"] = sorted(n for n in (os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else [])
                            if not n.startswith(PREFIX))
     return snap
+
+
+FAULTY = {
+    "failing-case": None,  # the deviant target: a case fails
+    "crash": "import sys\nprint('ready proto=1 lang=fake version=1 pid=1', flush=True)\nsys.stdin.readline()\nsys.exit(139)",
+    "hang": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport time\ntime.sleep(300)",
+    "garbage": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys, time\nsys.stdin.readline()\n"
+               "print('\\x00\\xff garbage', flush=True)\ntime.sleep(300)",
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTY))
+def test_faults_leave_nothing(tmp_path, fault):
+    """After a run with a failing case or a crashing, hanging or garbage-printing agent: no namespace,
+    no agent process and no temporary file of the suite remains."""
+    from .helpers import DEVIANT
+
+    script = tmp_path / f"{fault}-agent.py"  # its path in the agent's command line finds leftovers
+    script.write_text(FAULTY[fault] or
+                      f"import runpy, sys\nsys.argv = ['agent', '--mode', 'linger-close']\n"
+                      f"runpy.run_path({str(DEVIANT)!r}, run_name='__main__')\n")
+    spec = f"bad={sys.executable} {script}"
+    tmp_before = set(os.listdir("/tmp"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/cases/test_time_wait.py",
+         "--families", "v4", "--targets", "bad", "--add-target", spec, "--agent-deadline", "1",
+         "--pcap-dir", str(tmp_path / "pcaps")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out.decode()
+    assert suite_namespaces(proc.pid) == []
+    leftover = subprocess.run(["pgrep", "-a", "-f", str(script)], capture_output=True, text=True)
+    assert leftover.stdout.split() == [], f"an agent process outlived the run: {leftover.stdout}"
+    new_tmp = {n for n in set(os.listdir("/tmp")) - tmp_before if "tcc" in n or "tcp-conformance" in n}
+    assert not new_tmp, f"temporary files left: {new_tmp}"
