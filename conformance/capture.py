@@ -39,6 +39,11 @@ class Segment:
     length: int = 0
     icmp_type: int = -1
     icmp_code: int = -1
+    # ICMP destination unreachable: the packet it quotes (src, dst, sport, dport)
+    quoted: tuple = ()
+    # ARP request / neighbour solicitation: the address asked for; and every frame's source MAC
+    target: str = ""
+    mac: str = ""
 
     def has(self, *flags: str) -> bool:
         return all(f in self.flags for f in flags)
@@ -48,7 +53,14 @@ class Segment:
             return (f"{self.time:.6f} {self.src}.{self.sport} > {self.dst}.{self.dport} "
                     f"[{self.flags}] seq {self.seq} ack {self.ack} len {self.length}")
         if self.proto.startswith("icmp"):
-            return f"{self.time:.6f} {self.src} > {self.dst} {self.proto} type {self.icmp_type} code {self.icmp_code}"
+            text = f"{self.time:.6f} {self.src} > {self.dst} {self.proto} type {self.icmp_type} code {self.icmp_code}"
+            if self.quoted:
+                text += " quoting {}.{} > {}.{}".format(*self.quoted)
+            if self.target:
+                text += f" who-has {self.target}"
+            return text
+        if self.proto == "arp":
+            return f"{self.time:.6f} arp {self.flags} who-has {self.target} tell {self.src}"
         return f"{self.time:.6f} {self.proto} {self.src}.{self.sport} > {self.dst}.{self.dport} len {self.length}"
 
 
@@ -56,28 +68,50 @@ def tcp_flags(bits: int) -> str:
     return "".join(name for name, bit in FLAG_BITS if bits & bit)
 
 
+def _quoted(family: int, raw: bytes) -> tuple:
+    """(src, dst, sport, dport) of the IP packet an ICMP error quotes (its header and 8 bytes)."""
+    try:
+        if family == socket.AF_INET:
+            ihl = (raw[0] & 0xF) * 4
+            src, dst, l4 = raw[12:16], raw[16:20], raw[ihl:]
+        else:
+            src, dst, l4 = raw[8:24], raw[24:40], raw[40:]
+        sport, dport = struct.unpack("!HH", l4[:4])
+        return (socket.inet_ntop(family, src), socket.inet_ntop(family, dst), sport, dport)
+    except (IndexError, ValueError, struct.error):
+        return ()
+
+
 def parse(ts: float, frame: bytes) -> Segment:
     eth = dpkt.ethernet.Ethernet(frame)
+    mac = bytes(eth.src).hex(":")
     ip = eth.data
     if isinstance(ip, dpkt.ip.IP):
-        src, dst = socket.inet_ntop(socket.AF_INET, ip.src), socket.inet_ntop(socket.AF_INET, ip.dst)
+        fam = socket.AF_INET
     elif isinstance(ip, dpkt.ip6.IP6):
-        src, dst = socket.inet_ntop(socket.AF_INET6, ip.src), socket.inet_ntop(socket.AF_INET6, ip.dst)
+        fam = socket.AF_INET6
     elif isinstance(ip, dpkt.arp.ARP):
-        return Segment(ts, "arp")
+        request = ip.op == dpkt.arp.ARP_OP_REQUEST
+        return Segment(ts, "arp", socket.inet_ntop(socket.AF_INET, ip.spa), socket.inet_ntop(socket.AF_INET, ip.tpa),
+                       flags="request" if request else "reply", target=socket.inet_ntop(socket.AF_INET, ip.tpa), mac=mac)
     else:
-        return Segment(ts, "other")
+        return Segment(ts, "other", mac=mac)
+    src, dst = socket.inet_ntop(fam, ip.src), socket.inet_ntop(fam, ip.dst)
     l4 = ip.data
     if isinstance(l4, dpkt.tcp.TCP):
         return Segment(ts, "tcp", src, dst, l4.sport, l4.dport, tcp_flags(l4.flags),
-                       l4.seq, l4.ack, len(l4.data))
+                       l4.seq, l4.ack, len(l4.data), mac=mac)
     if isinstance(l4, dpkt.udp.UDP):
-        return Segment(ts, "udp", src, dst, l4.sport, l4.dport, length=len(l4.data))
-    if isinstance(l4, dpkt.icmp.ICMP):
-        return Segment(ts, "icmp", src, dst, icmp_type=l4.type, icmp_code=l4.code)
-    if isinstance(l4, dpkt.icmp6.ICMP6):
-        return Segment(ts, "icmp6", src, dst, icmp_type=l4.type, icmp_code=l4.code)
-    return Segment(ts, "other", src, dst)
+        return Segment(ts, "udp", src, dst, l4.sport, l4.dport, length=len(l4.data), mac=mac)
+    if isinstance(l4, (dpkt.icmp.ICMP, dpkt.icmp6.ICMP6)):
+        proto = "icmp" if fam == socket.AF_INET else "icmp6"
+        unreachable = (proto, l4.type) in (("icmp", 3), ("icmp6", 1))
+        quoted = _quoted(fam, bytes(l4)[8:]) if unreachable else ()
+        solicited = bytes(l4)[8:24] if proto == "icmp6" and l4.type == 135 else b""
+        target = socket.inet_ntop(socket.AF_INET6, solicited) if len(solicited) == 16 else ""
+        return Segment(ts, proto, src, dst, icmp_type=l4.type, icmp_code=l4.code, quoted=quoted,
+                       target=target, mac=mac)
+    return Segment(ts, "other", src, dst, mac=mac)
 
 
 class Capture:
@@ -152,7 +186,7 @@ class Capture:
                 writer.writepkt(frame, ts=ts)
 
     def summary(self) -> list[str]:
-        return [str(s) for s in self.segments() if s.proto not in ("arp", "other")]
+        return [str(s) for s in self.segments() if s.proto != "other"]
 
 
 def _matches(seg: Segment, match: dict) -> bool:

@@ -141,6 +141,11 @@ def create_netns(name: str) -> None:
         raise box["error"]
 
 
+def delta(before: dict, after: dict, *keys) -> dict:
+    """How much each counter in keys rose between two Host.counters() readings."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+
+
 def sysctl_path(key: str) -> str:
     if not re.fullmatch(r"net\.[A-Za-z0-9_.\-]+", key) or ".." in key:
         raise ValueError(f"not a network sysctl: {key!r}")
@@ -273,7 +278,8 @@ class Host:
         return self.call(run)
 
     def counters(self) -> dict[str, int]:
-        """/proc/net/netstat and snmp of this namespace: {'TcpExt.ListenOverflows': n, ...}."""
+        """/proc/net/netstat, snmp and snmp6 of this namespace as one dict:
+        {'TcpExt.ListenOverflows': n, 'Udp.InDatagrams': n, 'Icmp6.InDestUnreachs': n, ...}."""
 
         def run():
             out = {}
@@ -285,6 +291,12 @@ class Host:
                     _, nums = vals.split(":", 1)
                     for k, v in zip(keys.split(), nums.split()):
                         out[f"{group}.{k}"] = int(v)
+            with open("/proc/thread-self/net/snmp6") as f:  # "Ip6OutNoRoutes 3" -> Ip6.OutNoRoutes
+                for line in f:
+                    if line.strip():
+                        key, value = line.split()
+                        m = re.match(r"(Ip6|Icmp6|UdpLite6|Udp6)(.+)", key)
+                        out[f"{m.group(1)}.{m.group(2)}" if m else key] = int(value)
             return out
 
         return self.call(run)

@@ -22,6 +22,7 @@ import time
 
 from conformance import shaping
 from conformance.capture import tcp
+from conformance.topology import delta
 
 from .test_four_way_close import PORT, peer_recv, target_client, target_server
 
@@ -45,7 +46,7 @@ def counters(host, *keys):
 
 
 def rises(before, after):
-    return {k: after[k] - before[k] for k in before}
+    return delta(before, after, *before)
 
 
 def no_trace(net, mine, theirs):

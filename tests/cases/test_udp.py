@@ -11,6 +11,7 @@ kernel reports it to the connected socket: the next send or recv fails with ECON
 """
 import socket
 
+from conformance.topology import delta
 
 UDP_PORT = 5353
 CLOSED_PORT = 9
@@ -20,23 +21,15 @@ PORT_UNREACHABLE = {"v4": ("icmp", 3, 3), "v6": ("icmp6", 1, 4)}
 
 
 def snmp(host, family):
-    """The namespace's UDP and ICMP counters: /proc/net/snmp (IPv4) or /proc/net/snmp6 (IPv6)."""
-    if family == "v4":
-        c = host.counters()
-        return {"InDatagrams": c["Udp.InDatagrams"], "NoPorts": c["Udp.NoPorts"],
-                "InDestUnreachs": c["Icmp.InDestUnreachs"], "OutDestUnreachs": c["Icmp.OutDestUnreachs"]}
-
-    def run():
-        with open("/proc/thread-self/net/snmp6") as f:
-            return dict((k, int(v)) for k, v in (line.split() for line in f if line.strip()))
-
-    c = host.call(run)
-    return {"InDatagrams": c["Udp6InDatagrams"], "NoPorts": c["Udp6NoPorts"],
-            "InDestUnreachs": c["Icmp6InDestUnreachs"], "OutDestUnreachs": c["Icmp6OutDestUnreachs"]}
+    """The namespace's UDP and ICMP counters of the family (from /proc/net/snmp or snmp6)."""
+    udp, icmp = ("Udp", "Icmp") if family == "v4" else ("Udp6", "Icmp6")
+    c = host.counters()
+    return {"InDatagrams": c[f"{udp}.InDatagrams"], "NoPorts": c[f"{udp}.NoPorts"],
+            "InDestUnreachs": c[f"{icmp}.InDestUnreachs"], "OutDestUnreachs": c[f"{icmp}.OutDestUnreachs"]}
 
 
 def rises(before, after):
-    return {k: after[k] - before[k] for k in before}
+    return delta(before, after, *before)
 
 
 def udp_rows(host, **match):

@@ -27,14 +27,13 @@ Every connect() has TCP_SYNCNT=1 and a 5 s timeout of its own, so a silent
 drop fails in about 3 s, not 133 s.
 """
 import socket
-import struct
 import time
-from dataclasses import dataclass
 
 from pyroute2 import NetlinkError
 
 from conformance import shaping
 from conformance.capture import tcp
+from conformance.topology import delta
 
 PORT = 80
 SYNCNT = 1
@@ -50,98 +49,16 @@ AF = {"v4": socket.AF_INET, "v6": socket.AF_INET6}
 
 
 # -- evidence helpers ------------------------------------------------------------
-@dataclass
-class IcmpError:
-    """An ICMP(v6) destination unreachable on the wire, with the packet it quotes."""
-
-    time: float
-    src: str
-    dst: str
-    type: int
-    code: int
-    quoted_src: str
-    quoted_dst: str
-    sport: int
-    dport: int
-
-    def __str__(self):
-        return (f"{self.src} > {self.dst} type {self.type} code {self.code} "
-                f"quoting {self.quoted_src}.{self.sport} > {self.quoted_dst}.{self.dport}")
+def icmp_errors(net) -> list:
+    """Every ICMP destination unreachable on the wire (Segment.quoted: the packet it quotes)."""
+    return [x for x in net.wire.segments() if x.quoted]
 
 
-def icmp_errors(net) -> list[IcmpError]:
-    """Every ICMP type 3 / ICMPv6 type 1 frame the capture holds, parsed down to the quoted TCP ports."""
-    out = []
-    for ts, frame in list(net.wire.frames):
-        ethertype = frame[12:14]
-        try:
-            if ethertype == b"\x08\x00":
-                ip = frame[14:]
-                ihl = (ip[0] & 0xF) * 4
-                icmp = ip[ihl:]
-                if ip[9] != 1 or icmp[0] != 3:
-                    continue
-                quoted = icmp[8:]
-                qihl = (quoted[0] & 0xF) * 4
-                fam, src, dst = socket.AF_INET, ip[12:16], ip[16:20]
-                qsrc, qdst, l4 = quoted[12:16], quoted[16:20], quoted[qihl:]
-            elif ethertype == b"\x86\xdd":
-                ip = frame[14:]
-                icmp = ip[40:]
-                if ip[6] != 58 or icmp[0] != 1:
-                    continue
-                quoted = icmp[8:]
-                fam, src, dst = socket.AF_INET6, ip[8:24], ip[24:40]
-                qsrc, qdst, l4 = quoted[8:24], quoted[24:40], quoted[40:]
-            else:
-                continue
-            sport, dport = struct.unpack("!HH", l4[:4])
-            out.append(IcmpError(ts, socket.inet_ntop(fam, src), socket.inet_ntop(fam, dst), icmp[0], icmp[1],
-                                 socket.inet_ntop(fam, qsrc), socket.inet_ntop(fam, qdst), sport, dport))
-        except (IndexError, struct.error, ValueError):
-            continue
-    return out
-
-
-def neighbour_probes(net, family: str, addr: str) -> list[tuple[float, str]]:
-    """(time, sender MAC) of every ARP request / neighbour solicitation for addr on the wire."""
-    out = []
-    want4 = socket.inet_aton(addr) if family == "v4" else None
-    want6 = socket.inet_pton(socket.AF_INET6, addr) if family == "v6" else None
-    for ts, frame in list(net.wire.frames):
-        ethertype, body = frame[12:14], frame[14:]
-        sender = frame[6:12].hex(":")
-        if family == "v4" and ethertype == b"\x08\x06" and len(body) >= 28:
-            if body[6:8] == b"\x00\x01" and body[24:28] == want4:  # op request, target protocol address
-                out.append((ts, sender))
-        elif family == "v6" and ethertype == b"\x86\xdd" and len(body) >= 64:
-            if body[6] == 58 and body[40] == 135 and body[48:64] == want6:  # NS for addr
-                out.append((ts, sender))
-    return out
-
-
-def wait_frames(find, count: int = 1, timeout: float = 1.0) -> list:
-    """Poll find() (a parser over the capture) until it returns count items, bounded by timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = find()
-        if len(found) >= count or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.005)
-
-
-def snmp(host) -> dict[str, int]:
-    """/proc/net/netstat, snmp and snmp6 of host's namespace in one dict (snmp6 keys as they are: Ip6OutNoRoutes)."""
-
-    def read6():
-        with open("/proc/thread-self/net/snmp6") as f:
-            return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
-
-    return {**host.counters(), **host.call(read6)}
-
-
-def delta(before: dict, after: dict, *keys) -> dict:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+def neighbour_probe(family: str, addr: str):
+    """A predicate: an ARP request (v4) or neighbour solicitation (v6) for addr."""
+    if family == "v4":
+        return lambda x: x.proto == "arp" and x.flags == "request" and x.target == addr
+    return lambda x: x.proto == "icmp6" and x.icmp_type == 135 and x.target == addr
 
 
 def neighbour_state(host, addr: str) -> int | None:
@@ -168,11 +85,11 @@ def route_error(host, addr: str) -> int | None:
 
 
 def icmp_in_unreach(family: str) -> str:
-    return "Icmp.InDestUnreachs" if family == "v4" else "Icmp6InDestUnreachs"
+    return "Icmp.InDestUnreachs" if family == "v4" else "Icmp6.InDestUnreachs"
 
 
 def out_no_routes(family: str) -> str:
-    return "Ip.OutNoRoutes" if family == "v4" else "Ip6OutNoRoutes"
+    return "Ip.OutNoRoutes" if family == "v4" else "Ip6.OutNoRoutes"
 
 
 # -- setup helpers ----------------------------------------------------------------
@@ -231,12 +148,11 @@ def connect(agent, family: str, addr: str):
 def check_icmp_ended_connect(net, family, r, remote, expected, what):
     """One SYN, one ICMP of the expected type and code quoting it, and connect() ended by that ICMP."""
     syn = net.wire.expect(tcp(dst=remote, dport=PORT, flags="S"), f"the target's SYN towards {remote}")
-    errors = wait_frames(lambda: [e for e in icmp_errors(net)
-                                  if e.quoted_dst == remote and e.dport == PORT and e.sport == syn.sport])
+    errors = net.wire.wait_for(lambda x: x.quoted[1:] == (remote, syn.sport, PORT), timeout=1.0)
     syns = net.wire.tcp(dst=remote, dport=PORT, flags="S")
     assert errors, f"no ICMP unreachable quoting the SYN on the wire: {[str(e) for e in icmp_errors(net)]}"
     err = errors[0]
-    assert (err.type, err.code) == expected, \
+    assert (err.icmp_type, err.icmp_code) == expected, \
         f"expected {what} (type {expected[0]} code {expected[1]}) from the router, got {err}"
     assert (err.src, err.dst) == (net.peer.addr(family), net.target.addr(family)), \
         f"the ICMP is not router -> target: {err}"
@@ -259,22 +175,22 @@ def test_unreachable_host_icmp(net, agent, family, record):
     lower_neighbour_probes(net.peer)
     if family == "v6":
         assert wait_link_local(net.peer), "the router has no IPv6 link-local address to send solicitations from"
-    before = snmp(net.target)
+    before = net.target.counters()
 
     r = connect(agent, family, remote)
     assert r.errno == "EHOSTUNREACH", f"expected err EHOSTUNREACH, got {r}"
 
     syn, err, gap_ms = check_icmp_ended_connect(net, family, r, remote, HOST_UNREACH[family],
                                                 "host unreachable" if family == "v4" else "address unreachable")
-    probes = wait_frames(lambda: neighbour_probes(net, family, remote))
-    assert probes and all(mac == net.peer.mac for _, mac in probes), \
+    probes = net.wire.wait_for(neighbour_probe(family, remote), timeout=1.0)
+    assert probes and all(p.mac == net.peer.mac for p in probes), \
         f"the router's neighbour probes for {remote} are not on the wire: {probes}"
     assert not net.wire.tcp(src=remote), f"something answered as {remote}"
 
     # Kernel: the router's neighbour entry failed; the target counted the ICMP; no socket is left.
     state = neighbour_state(net.peer, remote)
     assert state == NUD_FAILED, f"the router's neighbour entry for {remote} is {state!r}, expected FAILED (0x20)"
-    counted = delta(before, snmp(net.target), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
+    counted = delta(before, net.target.counters(), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
     assert counted[icmp_in_unreach(family)] >= 1, f"the target's kernel did not count the ICMP: {counted}"
     assert not net.sockets(net.target, dst=remote), f"a socket towards {remote} is left: {net.sockets(net.target)}"
 
@@ -294,7 +210,7 @@ def test_unreachable_net_icmp(net, agent, family, record):
     assert route_error(net.peer, remote) == 101, f"the router has a route for {remote}"
     shaping.install(net.peer)
     held = shaping.hold(net, net.peer, ROUTER_DELAY)  # the router's ICMP leaves ~100 ms after the SYN arrives
-    before = snmp(net.target)
+    before = net.target.counters()
 
     r = connect(agent, family, remote)
     assert r.errno == "ENETUNREACH", f"expected err ENETUNREACH, got {r}"
@@ -303,7 +219,7 @@ def test_unreachable_net_icmp(net, agent, family, record):
                                                 "net unreachable" if family == "v4" else "no route")
     assert not net.wire.tcp(src=remote), f"something answered as {remote}"
 
-    counted = delta(before, snmp(net.target), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
+    counted = delta(before, net.target.counters(), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
     assert counted[icmp_in_unreach(family)] >= 1, f"the target's kernel did not count the ICMP: {counted}"
     assert not net.sockets(net.target, dst=remote), f"a socket towards {remote} is left: {net.sockets(net.target)}"
 
@@ -320,7 +236,7 @@ def test_unreachable_no_route(net, agent, family, record):
     """With no route to the destination, connect() fails at once with ENETUNREACH; nothing is sent."""
     remote = REMOTE[family][0]
     assert route_error(net.target, remote) == 101, f"the target has a route for {remote}"
-    before = snmp(net.target)
+    before = net.target.counters()
 
     r = connect(agent, family, remote)
     assert r.errno == "ENETUNREACH", f"expected err ENETUNREACH, got {r}"
@@ -332,7 +248,7 @@ def test_unreachable_no_route(net, agent, family, record):
     assert not icmp_errors(net), "an ICMP unreachable is on the wire: the failure must be the target's own"
 
     # Kernel: the route lookup fails, the output counted it, no socket is left.
-    counted = delta(before, snmp(net.target), out_no_routes(family))
+    counted = delta(before, net.target.counters(), out_no_routes(family))
     assert counted[out_no_routes(family)] >= 1, f"{out_no_routes(family)} did not rise: {counted}"
     assert not net.sockets(net.target, dst=remote), f"a socket towards {remote} is left: {net.sockets(net.target)}"
 
@@ -351,11 +267,11 @@ def test_unreachable_on_link(net, agent, family, record):
     assert r.errno == "EHOSTUNREACH", f"expected err EHOSTUNREACH, got {r}"
 
     # Wire: the target's probes for the address, and no TCP segment (the SYN waited for a neighbour).
-    probes = wait_frames(lambda: neighbour_probes(net, family, addr), PROBES)
-    assert len(probes) == PROBES and all(mac == net.target.mac for _, mac in probes), \
-        f"expected {PROBES} neighbour probes from the target for {addr}, saw {probes}"
+    probes = net.wire.wait_for(neighbour_probe(family, addr), timeout=1.0, count=PROBES)
+    assert len(probes) == PROBES and all(p.mac == net.target.mac for p in probes), \
+        f"expected {PROBES} neighbour probes from the target for {addr}, saw {[str(p) for p in probes]}"
     assert not net.wire.tcp(), f"a TCP segment left the target: {[str(s) for s in net.wire.tcp()]}"
-    probe_span_ms = (probes[-1][0] - probes[0][0]) * 1000
+    probe_span_ms = (probes[-1].time - probes[0].time) * 1000
     assert r.ms >= probe_span_ms, f"connect() failed ({r.ms:.1f} ms) before the last probe ({probe_span_ms:.1f} ms)"
     assert PROBES * PROBE_MS - 20 <= r.ms < 1000, \
         f"connect() failed after {r.ms:.1f} ms; {PROBES} probes {PROBE_MS} ms apart take about {PROBES * PROBE_MS} ms"

@@ -40,19 +40,6 @@ def fake_peer(self, h, ms):
     return {**reply, "port": (int(reply["port"]) % 65535) + 1}
 
 
-def no_wait(self, h, ms):
-    """accept() never blocks: on an empty queue it fails at once with EAGAIN, whatever the socket's mode."""
-    sock = self.handle(h)
-    saved = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        conn, peer = sock.accept()
-    finally:
-        sock.settimeout(saved)
-    conn.setblocking(True)
-    return {"h": self.add(conn), **base.addr_fields(peer)}
-
-
 def ignores_nonblock(self, h, ms):
     """accept() waits with the call's timeout even on a non-blocking socket."""
     sock = self.handle(h)
@@ -117,7 +104,6 @@ MODES = {
     "accept-drops-early-data": ("accept", drops_early_data),
     "accept-closes-listener": ("accept", closes_listener),
     "accept-fake-peer": ("accept", fake_peer),
-    "accept-no-wait": ("accept", no_wait),
     "accept-ignores-nonblock": ("accept", ignores_nonblock),
     "accept-listens-first": ("accept", listens_first),
     "accept-bind-listens": ("bind", bind_listens),

@@ -127,8 +127,9 @@ def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
             proc.wait()
     text = out.decode()
     assert not [p for p in agents if alive(p)], "an agent outlived its killed worker"
+    # Removed by this run's end-of-run sweep (which says so), or, when other runs share the
+    # machine (this suite's own tests do), by whichever run's sweep came first.
     assert suite_namespaces(victim) == [], text
-    assert f"{PREFIX}{victim}-" in text and "swept" in text, "the sweep must say what it removed"
 
 
 def _parent(pid):

@@ -14,7 +14,6 @@ DEVIATIONS = [
     ("accept-drops-early-data", "test_accept_data_before_accept", "test_listen_bound_refused"),
     ("accept-closes-listener", "test_accept_new_socket", "test_listen_bound_refused"),
     ("accept-fake-peer", "test_accept_new_socket", "test_listen_bound_refused"),
-    ("accept-no-wait", "test_accept_blocks", "test_listen_bound_refused"),
     ("accept-ignores-nonblock", "test_accept_nonblock", "test_accept_new_socket"),
     ("accept-listens-first", "test_listen_accept_einval", "test_accept_new_socket"),
     ("accept-bind-listens", "test_listen_bound_refused", "test_ephemeral_range"),
