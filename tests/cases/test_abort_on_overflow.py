@@ -59,9 +59,11 @@ class Race:
     holds: tuple
 
 
-def race(net, agent, family, abort: int) -> Race:
+def race(net, agent, family, abort: int | None) -> Race:
+    """abort: set tcp_abort_on_overflow to it; None keeps the value in force (the run's stack profile)."""
     server = net.target.addr(family)
-    assert net.target.sysctl("net.ipv4.tcp_abort_on_overflow", str(abort)) == str(abort)
+    if abort is not None:
+        assert net.target.sysctl("net.ipv4.tcp_abort_on_overflow", str(abort)) == str(abort)
     shaping.install(net.target)
     ls = agent.socket("tcp", family).h
     agent.bind(ls, server, PORT).check()
@@ -130,8 +132,25 @@ def accept_all(agent, r: Race):
 
 def test_abort_on_overflow_rst(net, agent, family, record):
     """tcp_abort_on_overflow=1: the ACK meeting the full queue gets an RST; the client's recv() ECONNRESET."""
-    r = race(net, agent, family, abort=1)
+    check_reset(net, agent, race(net, agent, family, abort=1), record)
 
+
+def test_abort_on_overflow_off(net, agent, family, record):
+    """tcp_abort_on_overflow=0: that ACK is dropped, the SYN-ACK retransmitted; the client believes it is connected."""
+    check_dropped(net, agent, race(net, agent, family, abort=0), record)
+
+
+def test_overflow_final_ack(net, agent, family, record):
+    """A final ACK meeting a full queue, under the run's own stack configuration (--profile / --sysctl):
+    reset with tcp_abort_on_overflow=1, dropped with 0. The matrix shows which, so two runs
+    (say linux-default and abort-on-overflow) differ here."""
+    setting = net.target.sysctl("net.ipv4.tcp_abort_on_overflow")
+    record("tcp_abort_on_overflow", setting)
+    r = race(net, agent, family, abort=None)
+    (check_reset if setting == "1" else check_dropped)(net, agent, r, record)
+
+
+def check_reset(net, agent, r: Race, record):
     # Wire: an RST answers the final ACK that met the full queue, with the SYN-ACK's seq + 1.
     rst = net.wire.expect(tcp(dport=r.late_port, has="R"), "an RST answering the ACK that met a full queue",
                           timeout=2.0)
@@ -164,10 +183,7 @@ def test_abort_on_overflow_rst(net, agent, family, record):
     record.key("RST ECONNRESET")
 
 
-def test_abort_on_overflow_off(net, agent, family, record):
-    """tcp_abort_on_overflow=0: that ACK is dropped, the SYN-ACK retransmitted; the client believes it is connected."""
-    r = race(net, agent, family, abort=0)
-
+def check_dropped(net, agent, r: Race, record):
     # Wire: no RST; the server retransmits the SYN-ACK (same seq) and the client ACKs it again.
     synacks = net.wire.wait_for(tcp(dport=r.late_port, flags="SA"), timeout=3.0, count=2)
     assert len(synacks) >= 2, "the server did not retransmit the SYN-ACK after dropping the final ACK"
@@ -198,4 +214,4 @@ def test_abort_on_overflow_off(net, agent, family, record):
     record("listen_overflows", overflows)
     record("accepted_ports", ports)
     record("third_accept", third.errno)
-    record.key(f"no RST, SA at {retrans_ms / 1000:.1f}s")
+    record.key("dropped, SA again", f"{retrans_ms / 1000:.1f}s")

@@ -163,4 +163,4 @@ def test_accept_nonblock(net, agent, family, record):
 
     record("errno", r.errno)
     record("empty_accept_ms", f"{r.ms:.3f}")
-    record.key(f"{r.errno} {r.ms:.2f}ms")
+    record.key(r.errno, f"{r.ms:.2f}ms")

@@ -52,7 +52,7 @@ def test_ephemeral_range(net, agent, family, record):
     kernel_ports = sorted(x.sport for x in net.sockets(net.target, state="ESTABLISHED", dport=PORT))
     assert kernel_ports == sorted(ports), f"kernel table ports {kernel_ports}, getsockname said {sorted(ports)}"
     record("ports", " ".join(map(str, ports)))
-    record.key(f"{min(ports)}..{max(ports)}")
+    record.key("in range", f"{min(ports)}..{max(ports)}")
 
 
 def test_ephemeral_port_zero(net, agent, family, record):
@@ -83,4 +83,4 @@ def test_ephemeral_port_zero(net, agent, family, record):
         f"accept() on the port-0 listener returned the peer port {a['port']}, expected {cport}"
 
     record("port", port)
-    record.key(f"port {port}")
+    record.key("kernel port", str(port))

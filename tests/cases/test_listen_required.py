@@ -79,7 +79,7 @@ def test_listen_accept_einval(net, agent, family, record):
 
     record("errno", r.errno)
     record("accept_ms", f"{r.ms:.3f}")
-    record.key(f"{r.errno} {r.ms:.2f}ms")
+    record.key(r.errno, f"{r.ms:.2f}ms")
 
 
 def test_listen_bound_refused(net, agent, family, record):

@@ -200,7 +200,7 @@ def test_unreachable_host_icmp(net, agent, family, record):
     record("syn_to_icmp_ms", f"{gap_ms:.1f}")
     record("router_probes", len(probes))
     record("counters", counted)
-    record.key(f"{r.errno} {r.ms:.0f}ms")
+    record.key(r.errno, f"{r.ms:.0f}ms")
 
 
 def test_unreachable_net_icmp(net, agent, family, record):
@@ -229,7 +229,7 @@ def test_unreachable_net_icmp(net, agent, family, record):
     record("syn_to_icmp_ms", f"{gap_ms:.1f}")
     record("router_hold", str(held))
     record("counters", counted)
-    record.key(f"{r.errno} {r.ms:.0f}ms")
+    record.key(r.errno, f"{r.ms:.0f}ms")
 
 
 def test_unreachable_no_route(net, agent, family, record):
@@ -255,7 +255,7 @@ def test_unreachable_no_route(net, agent, family, record):
     record("errno", r.errno)
     record("connect_ms", f"{r.ms:.3f}")
     record("counters", counted)
-    record.key(f"{r.errno} {r.ms:.2f}ms")
+    record.key(r.errno, f"{r.ms:.2f}ms")
 
 
 def test_unreachable_on_link(net, agent, family, record):
@@ -284,4 +284,4 @@ def test_unreachable_on_link(net, agent, family, record):
     record("connect_ms", f"{r.ms:.1f}")
     record("probes", len(probes))
     record("probe_span_ms", f"{probe_span_ms:.1f}")
-    record.key(f"{r.errno} {r.ms:.0f}ms")
+    record.key(r.errno, f"{r.ms:.0f}ms")
