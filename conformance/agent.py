@@ -309,13 +309,5 @@ class Pending:
     def __init__(self, agent: Agent, command: str, deadline: float):
         self.agent, self.command, self.deadline = agent, command, deadline
 
-    def ready(self, timeout: float) -> bool:
-        """Has the reply arrived (waiting at most timeout)? Reads nothing: wait() still returns it."""
-        agent = self.agent
-        if b"\n" in agent._buf:
-            return True
-        readable, _, _ = select.select([agent.proc.stdout.fileno()], [], [], timeout)
-        return bool(readable)
-
     def wait(self, raw: bool = False) -> Reply:
         return self.agent.receive(self.command, self.deadline, raw)

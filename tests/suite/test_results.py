@@ -223,3 +223,21 @@ def test_sysctl_and_profile_are_applied_and_recorded(tmp_path):
     assert rec["evidence"]["sysctls"]["net.core.somaxconn"] == "77"
     assert rec["evidence"]["sysctls"]["net.ipv4.tcp_abort_on_overflow"] == "1"
     assert "profile abort-on-overflow, sysctls net.ipv4.tcp_abort_on_overflow=1 net.core.somaxconn=77" in output
+
+
+def test_profiles_differ_only_where_the_behaviour_depends_on_them(tmp_path):
+    """A linux-default run and an abort-on-overflow run differ in the case that follows the setting, nowhere else."""
+    docs = {}
+    for profile in ("linux-default", "abort-on-overflow"):
+        out = tmp_path / profile
+        out.mkdir()
+        code, _, output = run_suite(out, "tests/cases/test_abort_on_overflow.py", "tests/cases/test_queue_full.py",
+                                    "tests/cases/test_refused.py", "tests/cases/test_backlog_cap.py",
+                                    "--families", "v4", "-n", "4", "--profile", profile,
+                                    "--results-json", str(out / "r.json"))
+        assert code == 0, output
+        docs[profile] = json.loads((out / "r.json").read_text())
+    rows = compare.diff(docs["linux-default"], docs["abort-on-overflow"])
+    assert {(case, target) for case, target, _, _ in rows} == {
+        ("overflow_final_ack v4", t) for t in ("python", "c", "go")}
+    assert all(a[1].startswith("dropped") and b[1] == "RST ECONNRESET" for _, _, a, b in rows)
