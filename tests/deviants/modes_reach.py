@@ -25,23 +25,6 @@ netunreach_as_hostunreach = _connect_mapping(errno.ENETUNREACH, errno.EHOSTUNREA
 netunreach_as_hostunreach.__doc__ = "Reports EHOSTUNREACH where the API said ENETUNREACH (no net/host distinction)."
 
 
-def eager_accept(self, h, backlog):
-    """Accepts every connection in a background thread as soon as it arrives: the queue never fills."""
-    sock = self.handle(h)
-    sock.listen(int(backlog) if backlog != "default" else 128)
-    kept = []
-
-    def loop():
-        while True:
-            try:
-                kept.append(sock.accept())
-            except OSError:
-                return
-
-    threading.Thread(target=loop, daemon=True).start()
-    return {}
-
-
 def connect_nowait(self, h, addr, port, ms):
     """Starts the handshake and answers ok at once, without waiting for it to complete."""
     sock = self.handle(h)
@@ -71,7 +54,6 @@ def accept_nowait(self, h, ms):
 MODES = {
     "reach-hostunreach-as-timedout": ("connect", hostunreach_as_timedout),
     "reach-netunreach-as-hostunreach": ("connect", netunreach_as_hostunreach),
-    "reach-eager-accept": ("listen", eager_accept),
     "reach-connect-nowait": ("connect", connect_nowait),
     "reach-accept-nowait": ("accept", accept_nowait),
 }
