@@ -1,7 +1,6 @@
 """Deviations for the reach cases: unreachable outcomes, abort on overflow, blocking calls."""
 import errno
 import socket
-import threading
 
 from common import base, original
 
