@@ -177,6 +177,13 @@ class Capture:
             raise AssertionError(f"not on the wire: {what}\n" + "\n".join(self.summary()))
         return found[0]
 
+    def expect_fin_acked(self, src: str, sport: int, dport: int, who: str, timeout: float = 1.0):
+        """The FIN src sent on this connection and the first ACK covering it: (fin, ack)."""
+        fin = self.expect(tcp(src=src, sport=sport, dport=dport, has="F"), f"a FIN from the {who}", timeout)
+        ack = self.expect(tcp(sport=dport, dport=sport, has="A", ack=fin.seq + fin.length + 1),
+                          f"the ACK of the {who}'s FIN", timeout)
+        return fin, ack
+
     def write_pcap(self, path: str) -> None:
         with self._lock:
             frames = list(self.frames)

@@ -90,6 +90,28 @@ class Net:
             raise OSError(err, f"peer connect to {addr}:{port} failed at once")
         return sock
 
+    def target_client(self, agent, family: str, port: int):
+        """The target connects to a peer listener on port: (target handle, peer's socket, target's port)."""
+        ls = self.peer_listener(family, port)
+        s = agent.socket("tcp", family).h
+        agent.connect(s, self.peer.addr(family), port, 2.0).check()
+        ls.settimeout(2.0)
+        conn, _ = ls.accept()
+        return s, conn, int(agent.getsockname(s).check()["port"])
+
+    def target_server(self, agent, family: str, port: int):
+        """The peer connects to a target listener on port, which accepts it and closes:
+        (accepted handle, peer's socket (blocking), peer's port)."""
+        ls = agent.socket("tcp", family).h
+        agent.bind(ls, self.target.addr(family), port).check()
+        agent.listen(ls, 4).check()
+        client = self.peer_connect(family, self.target.addr(family), port)
+        assert connected(client, 2.0) == 0, "the peer could not connect to the target's listener"
+        client.setblocking(True)
+        accepted = agent.accept(ls, 2.0).check()
+        agent.close(ls).check()
+        return accepted.h, client, client.getsockname()[1]
+
     def sockets(self, host, **match):
         """Rows of host's socket table whose fields equal every keyword given."""
         return [s for s in host.sockets() if all(getattr(s, k) == v for k, v in match.items())]
@@ -101,6 +123,16 @@ class Net:
             rows = self.sockets(host, state=state, **match)
             if rows or time.monotonic() >= deadline:
                 return rows[0] if rows else None
+            time.sleep(0.01)
+
+    def wait_gone(self, host, timeout: float = 2.0, **match) -> bool:
+        """Wait (bounded) until host has no socket matching **match; True if it went."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.sockets(host, **match):
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.01)
 
     def close(self):

@@ -81,6 +81,24 @@ def new_base() -> str:
     return f"{PREFIX}{os.getpid()}-{_base36(next(_counter) % 36**3)}"
 
 
+def _in_thread(name: str, fn):
+    """Run fn in a short-lived thread of its own and return its result (or raise its exception)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def in_netns(ns: str, fn, *args, **kwargs):
     """Run fn in a short-lived thread that has entered namespace ns.
 
@@ -91,25 +109,16 @@ def in_netns(ns: str, fn, *args, **kwargs):
     the process stays in the host namespace. pyroute2's netns.create_socket
     forks per socket and its ChildProcess caps results at 1 KiB.
     """
-    box = {}
 
     def run():
+        fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
         try:
-            fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
-            try:
-                netns.setns(fd, flags=0, fork=False)
-            finally:
-                os.close(fd)
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
+            netns.setns(fd, flags=0, fork=False)
+        finally:
+            os.close(fd)
+        return fn(*args, **kwargs)
 
-    thread = threading.Thread(target=run, name=f"netns-{ns}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return _in_thread(f"netns-{ns}", run)
 
 
 def create_netns(name: str) -> None:
@@ -126,19 +135,7 @@ def create_netns(name: str) -> None:
             raise OSError(err, f"unshare(CLONE_NEWNET) for {name}: {os.strerror(err)}")
         netns.attach(name, "thread-self")
 
-    box = {}
-
-    def guarded():
-        try:
-            run()
-        except BaseException as e:
-            box["error"] = e
-
-    thread = threading.Thread(target=guarded, name=f"netns-add-{name}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
+    _in_thread(f"netns-add-{name}", run)
 
 
 def delta(before: dict, after: dict, *keys) -> dict:

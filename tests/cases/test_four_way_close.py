@@ -21,7 +21,6 @@ import socket
 import time
 from conformance import shaping
 from conformance.capture import tcp
-from conformance.case import connected
 
 PORT = 7878
 HOLD = 0.4  # s: how long the ACK ending FIN_WAIT1 / LAST_ACK is held back
@@ -48,58 +47,16 @@ def no_drops(net):
         assert drops == 0, f"the tbf on the {host.role}'s egress dropped {drops} packet(s): a hold must only delay"
 
 
-def wait_gone(net, host, timeout=STATE_WAIT, **match):
-    """Wait (bounded) until host has no socket matching **match; True if it went."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not net.sockets(host, **match):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-
-
 # -- connections -------------------------------------------------------------------------
 def peer_recv(sock, size=4096, timeout=2.0):
     sock.settimeout(timeout)
     return sock.recv(size)
 
 
-def target_server(net, agent, family):
-    """The peer connects to the target's listener; returns (accepted handle, peer socket, peer port)."""
-    ls = agent.socket("tcp", family).h
-    agent.bind(ls, net.target.addr(family), PORT).check()
-    agent.listen(ls, 4).check()
-    client = net.peer_connect(family, net.target.addr(family), PORT)
-    assert connected(client, 2.0) == 0, "the peer could not connect to the target's listener"
-    client.setblocking(True)
-    accepted = agent.accept(ls, 2.0).check()
-    agent.close(ls).check()
-    return accepted.h, client, client.getsockname()[1]
-
-
-def target_client(net, agent, family):
-    """The target connects to a peer listener; returns (target handle, peer socket, target port)."""
-    ls = net.peer_listener(family, PORT)
-    s = agent.socket("tcp", family).h
-    agent.connect(s, net.peer.addr(family), PORT, 2.0).check()
-    ls.settimeout(2.0)
-    conn, _ = ls.accept()
-    return s, conn, int(agent.getsockname(s).check()["port"])
-
-
-def acked_fin(net, src, sport, dport, who):
-    """The FIN `src` sent on this connection and the first ACK covering it."""
-    fin = net.wire.expect(tcp(src=src, sport=sport, dport=dport, has="F"), f"a FIN from the {who}")
-    ack = net.wire.expect(tcp(sport=dport, dport=sport, has="A", ack=fin.seq + fin.length + 1),
-                          f"the ACK of the {who}'s FIN", timeout=STATE_WAIT)
-    return fin, ack
-
-
 def test_four_way_close_target_active(net, agent, family, record):
     """The target's server closes first: FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT; the peer CLOSE_WAIT -> LAST_ACK."""
     prepare_holds(net)
-    s, client, pport = target_server(net, agent, family)
+    s, client, pport = net.target_server(agent, family, PORT)
     ta, pa = net.target.addr(family), net.peer.addr(family)
     mine, theirs = dict(sport=PORT, dport=pport), dict(sport=pport, dport=PORT)
 
@@ -113,7 +70,7 @@ def test_four_way_close_target_active(net, agent, family, record):
     assert peer_recv(client) == b"", "the peer's recv() after the target's FIN must return 0 (end of file)"
     fw2 = net.wait_state(net.target, "FIN_WAIT2", timeout=STATE_WAIT, **mine)
     assert fw2, f"the target did not move to FIN_WAIT2 when its FIN was acked: {net.sockets(net.target)}"
-    fin_t, ack_p = acked_fin(net, ta, PORT, pport, "target")
+    fin_t, ack_p = net.wire.expect_fin_acked(ta, PORT, pport, "target", STATE_WAIT)
     assert ack_p.time > fw1_seen, "FIN_WAIT1 was seen after the FIN's ACK reached the wire: not the held state"
 
     # 2. The peer closes; the target's ACK of the peer's FIN is held back: the peer waits in LAST_ACK.
@@ -124,9 +81,9 @@ def test_four_way_close_target_active(net, agent, family, record):
     last_ack = net.wait_state(net.peer, "LAST_ACK", **theirs)
     last_ack_seen = time.time()
     assert last_ack, f"the peer did not wait in LAST_ACK for the target's ACK: {net.sockets(net.peer)}"
-    gone = wait_gone(net, net.peer, **theirs)
+    gone = net.wait_gone(net.peer, STATE_WAIT, **theirs)
     assert gone, f"the peer's socket did not close when the target acked its FIN: {net.sockets(net.peer)}"
-    fin_p, ack_t = acked_fin(net, pa, pport, PORT, "peer")
+    fin_p, ack_t = net.wire.expect_fin_acked(pa, pport, PORT, "peer", STATE_WAIT)
     assert ack_t.time > last_ack_seen, "LAST_ACK was seen after the target's ACK reached the wire"
 
     assert fin_t.time < fin_p.time, "the target's FIN must come first"
@@ -145,7 +102,7 @@ def test_four_way_close_target_active(net, agent, family, record):
 def test_four_way_close_target_passive(net, agent, family, record):
     """The peer closes first: the target's recv() returns 0 in CLOSE_WAIT; its close() goes LAST_ACK -> closed."""
     prepare_holds(net)
-    s, conn, tport = target_client(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     ta, pa = net.target.addr(family), net.peer.addr(family)
     mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
 
@@ -159,7 +116,7 @@ def test_four_way_close_target_passive(net, agent, family, record):
     eof = agent.recv(s, 100, 2.0)
     assert eof.ok and eof["n"] == "0", f"the target's recv() after the peer's FIN must return 0 (end of file): {eof}"
     assert net.wait_state(net.peer, "FIN_WAIT2", timeout=STATE_WAIT, **theirs), "the peer did not reach FIN_WAIT2"
-    fin_p, ack_t = acked_fin(net, pa, PORT, tport, "peer")
+    fin_p, ack_t = net.wire.expect_fin_acked(pa, PORT, tport, "peer", STATE_WAIT)
 
     # 2. The target closes; the peer's ACK is held back: the target waits in LAST_ACK.
     held = shaping.hold(net, net.peer, HOLD)
@@ -168,9 +125,9 @@ def test_four_way_close_target_passive(net, agent, family, record):
     last_ack_seen = time.time()
     assert last_ack, f"the target did not enter LAST_ACK after close() in CLOSE_WAIT: {net.sockets(net.target)}"
     assert net.wait_state(net.peer, "TIME_WAIT", **theirs), "the peer, which closed first, is not in TIME_WAIT"
-    gone = wait_gone(net, net.target, **mine)
+    gone = net.wait_gone(net.target, STATE_WAIT, **mine)
     assert gone, f"the target's socket did not close when its FIN was acked: {net.sockets(net.target)}"
-    fin_t, ack_p = acked_fin(net, ta, tport, PORT, "target")
+    fin_t, ack_p = net.wire.expect_fin_acked(ta, tport, PORT, "target", STATE_WAIT)
     assert ack_p.time > last_ack_seen, "LAST_ACK was seen after the peer's ACK reached the wire: not the held state"
 
     assert fin_p.time < fin_t.time, "the peer's FIN must come first"
@@ -191,12 +148,12 @@ HALF = b"sent after the half-close"
 
 def test_half_close(net, agent, family, record):
     """shutdown(SHUT_WR) sends a FIN but keeps reading: the peer reads EOF, then sends data the target reads."""
-    s, conn, tport = target_client(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     ta, pa = net.target.addr(family), net.peer.addr(family)
     mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
 
     shut = agent.shutdown(s, "wr").check()
-    fin_t, _ = acked_fin(net, ta, tport, PORT, "target")
+    fin_t, _ = net.wire.expect_fin_acked(ta, tport, PORT, "target", STATE_WAIT)
     assert net.wait_state(net.target, "FIN_WAIT2", **mine), \
         f"the half-closed target is not in FIN_WAIT2: {net.sockets(net.target)}"
     assert net.wait_state(net.peer, "CLOSE_WAIT", **theirs), "the peer did not enter CLOSE_WAIT"
@@ -231,12 +188,12 @@ REPLY = b"the target still writes after reading EOF"
 
 def test_half_close_by_peer(net, agent, family, record):
     """The peer half-closes: the target's recv() returns 0, and the target can still send, which the peer reads."""
-    s, conn, tport = target_client(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     ta, pa = net.target.addr(family), net.peer.addr(family)
     mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
 
     conn.shutdown(socket.SHUT_WR)
-    fin_p, _ = acked_fin(net, pa, PORT, tport, "peer")
+    fin_p, _ = net.wire.expect_fin_acked(pa, PORT, tport, "peer", STATE_WAIT)
     assert net.wait_state(net.target, "CLOSE_WAIT", **mine), \
         f"the target did not enter CLOSE_WAIT on the peer's FIN: {net.sockets(net.target)}"
     eof = agent.recv(s, 1024, 2.0)
@@ -254,7 +211,7 @@ def test_half_close_by_peer(net, agent, family, record):
 
     agent.close(s).check()
     assert net.wait_state(net.peer, "TIME_WAIT", **theirs), "the peer, whose FIN came first, is not in TIME_WAIT"
-    assert wait_gone(net, net.target, **mine), f"the target's socket did not close: {net.sockets(net.target)}"
+    assert net.wait_gone(net.target, STATE_WAIT, **mine), f"the target's socket did not close: {net.sockets(net.target)}"
     assert not net.wire.tcp(has="R"), "an RST was sent: data after a half-close must be accepted"
     record("recv_eof_ms", f"{eof.ms:.3f}")
     record("sent_after_eof", f"{len(REPLY)} bytes")

@@ -24,7 +24,7 @@ from conformance import shaping
 from conformance.capture import tcp
 from conformance.topology import delta
 
-from .test_four_way_close import PORT, peer_recv, target_client, target_server
+from .test_four_way_close import PORT, peer_recv
 
 DATA = b"data the target never reads"
 
@@ -62,7 +62,7 @@ KEYS = ("Tcp.OutRsts", "TcpExt.TCPAbortOnData", "TcpExt.TCPAbortOnClose")
 
 def test_rst_linger_zero(net, agent, family, record):
     """SO_LINGER {1, 0} then close(): an RST, not a FIN; the peer's recv() fails with ECONNRESET."""
-    s, conn, tport = target_client(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
     agent.setsockopt(s, "linger", 1, 0).check()
     linger = agent.getsockopt(s, "linger").check()["value"]
@@ -89,7 +89,7 @@ def test_rst_linger_zero(net, agent, family, record):
 
 def test_rst_linger_zero_received(net, agent, family, record):
     """The peer aborts (SO_LINGER {1, 0}, close): the target's recv() fails with ECONNRESET."""
-    s, conn, tport = target_client(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
     conn.close()
@@ -107,7 +107,7 @@ def test_rst_linger_zero_received(net, agent, family, record):
 
 def test_rst_unread_data(net, agent, family, record):
     """close() with unread data in the receive buffer sends an RST instead of a FIN."""
-    s, client, pport = target_server(net, agent, family)
+    s, client, pport = net.target_server(agent, family, PORT)
     mine, theirs = dict(sport=PORT, dport=pport), dict(sport=pport, dport=PORT)
     client.sendall(DATA)
     data = net.wire.expect(tcp(sport=pport, dport=PORT, has="P"), "the peer's data")
@@ -144,7 +144,7 @@ LATE = b"data for a connection that is gone"
 
 def test_rst_no_connection(net, agent, family, record):
     """A segment for a connection the target no longer has is answered with an RST (seq = the segment's ack)."""
-    s, conn, tport = target_client(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
     agent.setsockopt(s, "linger", 1, 0).check()
 

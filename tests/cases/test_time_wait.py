@@ -5,29 +5,12 @@ Seed 003: the four-way close; the active closer goes FIN_WAIT_2 then TIME_WAIT
 ACK in each direction. Checked both ways: the target closes first, then the
 peer closes first.
 """
-from conformance.capture import tcp
 
 PORT = 7878
 
 
-def connect_pair(net, agent, family):
-    """The target connects to a peer listener; returns (target handle, peer socket, target port)."""
-    ls = net.peer_listener(family, PORT)
-    s = agent.socket("tcp", family).h
-    agent.connect(s, net.peer.addr(family), PORT, 2.0).check()
-    conn, _ = ls.accept()
-    return s, conn, int(agent.getsockname(s).check()["port"])
-
-
-def fin_and_ack(net, src, dst, sport, dport, who):
-    fin = net.wire.expect(tcp(src=src, sport=sport, dport=dport, has="F"), f"a FIN from the {who}")
-    net.wire.expect(tcp(src=dst, sport=dport, dport=sport, has="A", ack=fin.seq + fin.length + 1),
-                    f"the ACK of the {who}'s FIN")
-    return fin
-
-
 def test_time_wait_by_target(net, agent, family, record):
-    s, conn, tport = connect_pair(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     tuple_t = dict(sport=tport, dport=PORT)
     tuple_p = dict(sport=PORT, dport=tport)
 
@@ -41,15 +24,15 @@ def test_time_wait_by_target(net, agent, family, record):
     assert not net.sockets(net.peer, state="TIME_WAIT"), "the peer, which closed second, is in TIME_WAIT"
 
     ta, pa = net.target.addr(family), net.peer.addr(family)
-    fin_and_ack(net, ta, pa, tport, PORT, "target")
-    fin_and_ack(net, pa, ta, PORT, tport, "peer")
+    net.wire.expect_fin_acked(ta, tport, PORT, "target")
+    net.wire.expect_fin_acked(pa, PORT, tport, "peer")
     assert not net.wire.tcp(has="R"), "an RST was sent: the close must be FIN/ACK both ways"
     record("states", "target FIN_WAIT2 -> TIME_WAIT; peer CLOSE_WAIT -> closed")
     record.key("target TIME_WAIT")
 
 
 def test_time_wait_by_peer(net, agent, family, record):
-    s, conn, tport = connect_pair(net, agent, family)
+    s, conn, tport = net.target_client(agent, family, PORT)
     tuple_t = dict(sport=tport, dport=PORT)
     tuple_p = dict(sport=PORT, dport=tport)
 
@@ -65,8 +48,8 @@ def test_time_wait_by_peer(net, agent, family, record):
     assert not net.sockets(net.target, state="TIME_WAIT"), "the target, which closed second, is in TIME_WAIT"
 
     ta, pa = net.target.addr(family), net.peer.addr(family)
-    fin_and_ack(net, pa, ta, PORT, tport, "peer")
-    fin_and_ack(net, ta, pa, tport, PORT, "target")
+    net.wire.expect_fin_acked(pa, PORT, tport, "peer")
+    net.wire.expect_fin_acked(ta, tport, PORT, "target")
     assert not net.wire.tcp(has="R"), "an RST was sent: the close must be FIN/ACK both ways"
     record("states", "peer FIN_WAIT2 -> TIME_WAIT; target CLOSE_WAIT -> closed")
     record.key("peer TIME_WAIT")
