@@ -55,7 +55,16 @@ def linger_close(self, h):
     return original("close")(self, h)
 
 
+def ignore_syncnt(self, h, opt, *values):
+    """Accepts TCP_SYNCNT but does not set it: a connect to a silent address waits the kernel's 133 s."""
+    if opt == "syncnt":
+        self.handle(h)
+        return {}
+    return original("setsockopt")(self, h, opt, *values)
+
+
 MODES = {
+    "ignore-syncnt": ("setsockopt", ignore_syncnt),
     "eager-accept": ("listen", eager_accept),
     "wrong-errno": ("connect", wrong_errno),
     "fake-refused": ("connect", fake_refused),

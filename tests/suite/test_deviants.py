@@ -20,6 +20,7 @@ DEVIATIONS = [
     ("wrong-errno", "test_refused", "test_handshake"),
     ("fake-refused", "test_refused", "test_handshake"),
     ("client-timeout", "test_timedout", "test_refused"),
+    ("ignore-syncnt", "test_timedout", "test_refused"),
     ("big-backlog", "test_queue_full", "test_refused"),
     ("linger-close", "test_time_wait_by_target", "test_refused"),
     ("linger-close", "test_time_wait_by_peer", "test_refused"),
