@@ -40,7 +40,10 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
+    # The hogs die with this script even if it is killed outright (PR_SET_PDEATHSIG), and
+    # SIGTERM ends it through the same cleanup as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+    hogs = [subprocess.Popen(["setpriv", "--pdeathsig", "KILL", sys.executable, "-c", HOG]) for _ in range(args.hogs)]
     runs, times = [], []
     try:
         for i in range(1, args.runs + 1):
