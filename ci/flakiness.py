@@ -30,6 +30,10 @@ def outcomes(junit: Path) -> dict:
     return out
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="how many runs (default 20)")
@@ -42,7 +46,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     # The hogs die with this script even if it is killed outright (PR_SET_PDEATHSIG), and
     # SIGTERM ends it through the same cleanup as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+    signal.signal(signal.SIGTERM, _sigterm)
     hogs = [subprocess.Popen(["setpriv", "--pdeathsig", "KILL", sys.executable, "-c", HOG]) for _ in range(args.hogs)]
     runs, times = [], []
     try:
@@ -72,4 +76,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        print(f"flakiness: interrupted ({e or 'Ctrl-C'}); CPU hogs stopped", file=sys.stderr)
+        sys.exit(130)
