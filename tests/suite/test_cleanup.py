@@ -59,12 +59,14 @@ def test_interrupted_run_leaves_nothing(sig):
 
     # A target that ignores TCP_SYNCNT keeps connect() waiting for the kernel's 133 s (the
     # harness deadline ends it at 30 s): the signal always arrives in the middle of the case.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/cases/test_timedout.py",
-         "--targets", "slow", "--add-target", deviant("ignore-syncnt", "slow"), "--families", "v4",
-         "--agent-deadline", "30"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    args = ["-p", "no:cacheprovider", "-q", "tests/cases/test_timedout.py", "--targets", "slow",
+            "--add-target", deviant("ignore-syncnt", "slow"), "--families", "v4", "--agent-deadline", "30"]
+    # pytest as a user starts it from a shell: Ctrl-C raises KeyboardInterrupt. (A process started
+    # from an xdist worker inherits SIGINT ignored, so the child sets Python's handler itself.)
+    launcher = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                f"sys.exit(pytest.main({args!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         names, agents = [], []
         deadline = time.monotonic() + 20
