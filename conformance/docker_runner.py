@@ -157,7 +157,9 @@ class DockerRunner:
         docker = shutil.which("docker")
         if docker is None:
             raise DockerUnavailable("the docker command line is not installed (Debian: apt-get install docker.io)")
-        return [docker, "run", "-i", "--rm", "--name", container, "--network", "none", "--runtime", self.runtime,
+        # The CLI dies with the harness (PR_SET_PDEATHSIG); its end closes the container's stdin,
+        # the agent exits at EOF and --rm removes the container.
+        return ["setpriv", "--pdeathsig", "KILL", docker, "run", "-i", "--rm", "--name", container, "--network", "none", "--runtime", self.runtime,
                 "--label", f"{OWNER_LABEL}={os.getpid()}", "--label", f"{SUITE_LABEL}=agent",
                 "--log-driver", "none", image]
 
@@ -182,6 +184,8 @@ def sweep_containers() -> list[str]:
     """Remove the suite's containers whose owner process is gone (a killed run). Returns their names."""
     from .topology import pid_alive
 
+    if not os.path.exists("/var/run/docker.sock") and not os.environ.get("DOCKER_HOST"):
+        return []  # no engine here: nothing of ours can be running in one
     try:
         import docker
 

@@ -73,3 +73,25 @@ def test_without_engine_docker_cases_skip_and_the_default_run_is_unaffected(tmp_
 def test_bad_runner_is_a_usage_error(tmp_path, spec, message):
     code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--runner", spec)
     assert code == 4 and message in output and not outcomes
+
+
+def test_containers_of_a_killed_run_are_swept(engine, tmp_path):
+    """A container whose owner died (a run killed outright) is removed when the next run starts."""
+    import subprocess
+
+    from conformance.docker_runner import sweep_containers
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    image = DockerRunner().image("c")
+    container = engine.containers.create(image, stdin_open=True, network_mode="none", name=f"tcc{dead.pid}-zzc",
+                                         labels={OWNER_LABEL: str(dead.pid)})
+    try:
+        sweep_containers()  # (another run on this machine may sweep it first: either way it must be gone)
+        gone = not engine.containers.list(all=True, filters={"name": f"tcc{dead.pid}-zzc"})
+    finally:
+        try:
+            container.remove(force=True)
+        except Exception:
+            pass
+    assert gone, "the sweep left the container of a dead owner"
