@@ -165,6 +165,18 @@ def check_icmp_ended_connect(net, family, r, remote, expected, what):
     return syn, err, gap_ms
 
 
+def icmp_counted_and_recorded(net, family, remote, before, r, err, gap_ms, record) -> dict:
+    """Kernel: the target counted the ICMP and kept no socket; the observed values are recorded."""
+    counted = delta(before, net.target.counters(), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
+    assert counted[icmp_in_unreach(family)] >= 1, f"the target's kernel did not count the ICMP: {counted}"
+    assert not net.sockets(net.target, dst=remote), f"a socket towards {remote} is left: {net.sockets(net.target)}"
+    record("errno", r.errno)
+    record("connect_ms", f"{r.ms:.1f}")
+    record("icmp", str(err))
+    record("syn_to_icmp_ms", f"{gap_ms:.1f}")
+    return counted
+
+
 # -- the cases --------------------------------------------------------------------
 def test_unreachable_host_icmp(net, agent, family, record):
     """A router's ICMP host (v6: address) unreachable makes connect() fail with EHOSTUNREACH."""
@@ -190,14 +202,7 @@ def test_unreachable_host_icmp(net, agent, family, record):
     # Kernel: the router's neighbour entry failed; the target counted the ICMP; no socket is left.
     state = neighbour_state(net.peer, remote)
     assert state == NUD_FAILED, f"the router's neighbour entry for {remote} is {state!r}, expected FAILED (0x20)"
-    counted = delta(before, net.target.counters(), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
-    assert counted[icmp_in_unreach(family)] >= 1, f"the target's kernel did not count the ICMP: {counted}"
-    assert not net.sockets(net.target, dst=remote), f"a socket towards {remote} is left: {net.sockets(net.target)}"
-
-    record("errno", r.errno)
-    record("connect_ms", f"{r.ms:.1f}")
-    record("icmp", str(err))
-    record("syn_to_icmp_ms", f"{gap_ms:.1f}")
+    counted = icmp_counted_and_recorded(net, family, remote, before, r, err, gap_ms, record)
     record("router_probes", len(probes))
     record("counters", counted)
     record.key(r.errno, f"{r.ms:.0f}ms")
@@ -219,14 +224,7 @@ def test_unreachable_net_icmp(net, agent, family, record):
                                                 "net unreachable" if family == "v4" else "no route")
     assert not net.wire.tcp(src=remote), f"something answered as {remote}"
 
-    counted = delta(before, net.target.counters(), icmp_in_unreach(family), "TcpExt.LockDroppedIcmps")
-    assert counted[icmp_in_unreach(family)] >= 1, f"the target's kernel did not count the ICMP: {counted}"
-    assert not net.sockets(net.target, dst=remote), f"a socket towards {remote} is left: {net.sockets(net.target)}"
-
-    record("errno", r.errno)
-    record("connect_ms", f"{r.ms:.1f}")
-    record("icmp", str(err))
-    record("syn_to_icmp_ms", f"{gap_ms:.1f}")
+    counted = icmp_counted_and_recorded(net, family, remote, before, r, err, gap_ms, record)
     record("router_hold", str(held))
     record("counters", counted)
     record.key(r.errno, f"{r.ms:.0f}ms")
