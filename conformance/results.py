@@ -36,6 +36,7 @@ def verdict_of(rep) -> tuple[str, str]:
     """(verdict, reason) of one report: pass, FAIL, ERROR, skip, diff (declared), XPASS."""
     wasxfail = getattr(rep, "wasxfail", None)
     if wasxfail is not None:
+        wasxfail = wasxfail.removeprefix("declared difference: ")
         if rep.skipped:
             return "diff", wasxfail
         return "XPASS", f"declared difference is gone: {wasxfail}"
