@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyroute2 import DiagSocket, IPRoute, netns
 
@@ -177,7 +177,6 @@ class Host:
     addr6: str
     mac: str = ""
     ifindex: int = 0
-    _counters_base: dict = field(default_factory=dict)
 
     def addr(self, family: str) -> str:
         return self.addr4 if family == "v4" else self.addr6
