@@ -2,11 +2,14 @@
 
 Every call has a deadline. A hung, crashed or babbling agent is killed (by its
 PID, which we started) and reported as AgentError with the target's name, the
-command, and the tail of its stderr.
+command, and the tail of its stderr. Commands are formatted, and reply fields
+typed, from the protocol's table (conformance.protocol).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import select
 import signal
 import subprocess
@@ -15,14 +18,14 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-import pytest
+from . import protocol
 
 MAX_REPLY = 1 << 20  # a reply longer than this is a flood, not a reply
-# Deadlines in seconds (--agent-deadline sets both): for the ready line, and for a call with no
-# timeout of its own. A call with a timeout gets that timeout + DEADLINE_MARGIN.
-START_DEADLINE = 10.0
+# The default deadline in seconds (--agent-deadline sets an agent's own): for the ready line, and
+# for a call with no timeout of its own. A call with a timeout gets that timeout + DEADLINE_MARGIN.
 DEFAULT_DEADLINE = 10.0
 DEADLINE_MARGIN = 5.0  # on top of an operation's own timeout
+CALL_TIMEOUT = 2.0  # s: the timeout of the agent's own that a blocking call gets unless the case says otherwise
 
 
 class AgentError(Exception):
@@ -36,8 +39,14 @@ class AgentError(Exception):
         super().__init__(text)
 
 
+class Unsupported(Exception):
+    """The target's language cannot express an operation: the case does not apply to it.
+
+    The pytest plugin reports it as a skip with this message."""
+
+
 class StepFailed(AssertionError):
-    """A step the case needs to succeed did not."""
+    """A step the case needs to succeed did not: says what was expected and what came."""
 
 
 @dataclass
@@ -47,7 +56,7 @@ class Reply:
     status: str  # ok, err, unsupported, proto
     us: int = 0
     errno: str = ""  # for err: the errno name or 'timeout'; for proto: the code
-    fields: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)  # typed: h, n, port int; data bytes; others text
 
     @property
     def ok(self) -> bool:
@@ -64,22 +73,72 @@ class Reply:
     def __getitem__(self, key):
         return self.fields[key]
 
-    def check(self) -> "Reply":
-        """Return self if ok; skip the case if the language cannot express it; fail otherwise."""
+    def get(self, key, default=None):
+        return self.fields.get(key, default)
+
+    def check(self, why: str = "") -> "Reply":
+        """Return self if ok; raise Unsupported if the language cannot express it; StepFailed otherwise.
+
+        why: what the step is for, said in the failure ("listen before the clients connect")."""
         if self.status == "unsupported":
-            pytest.skip(f"{self.target}: `{self.command}` is unsupported: {self.msg}")
+            raise Unsupported(f"{self.target}: `{self.command}` is unsupported: {self.msg}")
         if not self.ok:
-            raise StepFailed(f"{self}")
+            purpose = f" ({why})" if why else ""
+            raise StepFailed(f"`{self.command}`{purpose} must succeed on {self.target}: expected ok, got {self.outcome}"
+                             f" after {self.ms:.3f} ms{self._extra()}")
         return self
 
+    # typed fields of an ok reply (each checks the reply first)
     @property
     def h(self) -> int:
-        return int(self.check().fields["h"])
+        return self.check().fields["h"]
+
+    @property
+    def n(self) -> int:
+        return self.check().fields["n"]
+
+    @property
+    def data(self) -> bytes:
+        return self.check().fields["data"]
+
+    @property
+    def addr(self) -> str:
+        return self.check().fields["addr"]
+
+    @property
+    def port(self) -> int:
+        return self.check().fields["port"]
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """(addr, port) of accept, getsockname, getpeername, or a UDP recv's sender."""
+        return self.addr, self.port
+
+    @property
+    def value(self) -> str:
+        return self.check().fields["value"]
+
+    @property
+    def eof(self) -> bool:
+        """A recv that returned end of file (n=0)."""
+        return self.ok and self.fields.get("n") == 0
+
+    @property
+    def outcome(self) -> str:
+        """ok, unsupported, the errno name (or timeout), or `proto CODE`."""
+        if self.status == "err":
+            return self.errno
+        return f"proto {self.errno}" if self.status == "proto" else self.status
+
+    def _extra(self) -> str:
+        parts = [f"{k}={v.hex() or '-' if isinstance(v, bytes) else v}" for k, v in self.fields.items()]
+        return (" (" + " ".join(parts) + ")") if parts else ""
 
     def __str__(self):
-        what = self.status if self.status in ("ok", "unsupported") else f"{self.status} {self.errno}"
-        extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
-        return f"{self.target}: `{self.command}` -> {what} ({self.ms:.3f} ms) {extra}".rstrip()
+        return f"{self.target}: `{self.command}` -> {self.outcome} ({self.ms:.3f} ms){self._extra()}"
+
+
+ERRNO_NAME = re.compile(r"E[A-Z0-9]+|timeout|noerrno")
 
 
 def parse_reply(target: str, command: str, line: str) -> Reply:
@@ -93,6 +152,8 @@ def parse_reply(target: str, command: str, line: str) -> Reply:
         us_text, rest = rest[0], rest[1:]
     elif status == "err":
         errno, us_text, rest = rest[0], rest[1], rest[2:]
+        if not ERRNO_NAME.fullmatch(errno):
+            raise ValueError(f"err {errno!r} is not an errno name (E..., timeout or noerrno)")
     elif status == "proto":
         errno, us_text, rest = rest[0], "0", rest[1:]
     else:
@@ -109,19 +170,29 @@ def parse_fields(words) -> dict:
         key, sep, value = word.partition("=")
         if not sep or not key:
             raise ValueError(f"not KEY=VALUE: {word!r}")
-        out[key] = urllib.parse.unquote(value)
+        try:
+            out[key] = protocol.typed(key, urllib.parse.unquote(value))
+        except ValueError:
+            raise ValueError(f"field {key}={value!r} does not parse as the protocol's type") from None
     return out
+
+
+def family_of(addr: str) -> str:
+    return "v4" if ipaddress.ip_address(addr).version == 4 else "v6"
 
 
 class Agent:
     """One running agent process. Use as a context manager or call stop()."""
 
-    def __init__(self, name: str, argv: list[str], launcher: list[str] | None = None, env=None):
+    def __init__(self, name: str, argv: list[str], launcher: list[str] | None = None, env=None,
+                 deadline: float | None = None):
+        """deadline: seconds the agent may take to start, or to answer a call with no timeout of
+        its own, before it is killed as hung (default DEFAULT_DEADLINE)."""
         self.name = name
         self.argv = argv
+        self.deadline = DEFAULT_DEADLINE if deadline is None else deadline
         self.transcript: list[tuple[str, str]] = []  # (command, reply line) for the evidence
         self._buf = b""
-        self._last = "(start)"
         self._stderr = tempfile.TemporaryFile(prefix="tcc-agent-")
         full = (launcher or []) + argv
         try:
@@ -133,7 +204,7 @@ class Agent:
             self._stderr.close()
             raise AgentError(name, " ".join(full), f"cannot start: {e}") from None
         self.pid = self.proc.pid
-        line = self._readline("(start)", START_DEADLINE)
+        line = self._readline("(start)", self.deadline)
         words = line.split()
         if not words or words[0] != "ready":
             self._fail("(start)", f"expected a `ready` line, got {line!r}")
@@ -141,6 +212,9 @@ class Agent:
             self.info = parse_fields(words[1:])
         except ValueError as e:
             self._fail("(start)", f"malformed ready line {line!r}: {e}")
+        if self.info.get("proto") != protocol.VERSION:
+            self._fail("(start)", f"the ready line says proto={self.info.get('proto', '(missing)')}; this harness "
+                                  f"speaks proto={protocol.VERSION} only: {line!r}")
         self.transcript.append(("(start)", line))
 
     @property
@@ -186,18 +260,17 @@ class Agent:
         except UnicodeDecodeError:
             self._fail(command, f"reply is not ASCII: {line[:80]!r}")
 
-    def send(self, command: str, deadline: float | None = None) -> "Pending":
-        """Send a command without waiting: the agent may block in it while the case acts."""
+    def submit(self, command: str, deadline: float | None = None) -> "Pending":
+        """Send a command line without waiting: the agent may block in it while the case acts."""
         if self.proc.poll() is not None:
             self._fail(command, f"agent is not running (status {self.proc.returncode})")
-        self._last = command
         try:
             self.proc.stdin.write(command.encode("ascii") + b"\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             code = self.proc.wait()
             self._fail(command, f"agent exited (status {code})")
-        return Pending(self, command, DEFAULT_DEADLINE if deadline is None else deadline)
+        return Pending(self, command, self.deadline if deadline is None else deadline)
 
     def receive(self, command: str, deadline: float, raw: bool = False) -> Reply:
         """Read the reply to command. A `proto` reply to a well-formed command means the agent
@@ -210,67 +283,100 @@ class Agent:
             self._fail(command, f"malformed reply {line!r}: {e}")
         if reply.status == "proto" and not raw:
             self._fail(command, f"protocol error from the agent: {line}")
+        if reply.ok and not raw:
+            name = command.split(" ", 1)[0]
+            missing = [f for f in protocol.COMMANDS[name].reply if f not in reply.fields] if name in protocol.COMMANDS else []
+            if missing:
+                self._fail(command, f"the ok reply lacks {', '.join(missing)}: {line}")
         return reply
 
     def call(self, command: str, deadline: float | None = None, raw: bool = False) -> Reply:
-        """Send command and wait for its reply; raw=True returns `proto` replies instead of failing."""
-        return self.send(command, deadline).wait(raw)
+        """Send a command line and wait for its reply; raw=True returns `proto` replies instead of failing."""
+        return self.submit(command, deadline).wait(raw)
+
+    def do(self, name: str, *args, timeout: float | None = None, later: bool = False):
+        """Run protocol command `name` with args in the table's order (conformance.protocol).
+
+        timeout: the operation's own timeout (MS) where the command has one; the harness's
+        deadline is that plus a margin. later=True returns a Pending instead of waiting."""
+        has_ms = "MS" in protocol.COMMANDS[name].args
+        line = protocol.command_line(name, *args, *((timeout,) if has_ms else ()))
+        deadline = timeout + DEADLINE_MARGIN if has_ms and timeout is not None else None
+        pending = self.submit(line, deadline)
+        return pending if later else pending.wait()
 
     # -- operations (targets/PROTOCOL.md) ---------------------------------
-    @staticmethod
-    def _ms(timeout: float | None) -> str:
-        return "none" if timeout is None else str(int(timeout * 1000))
-
-    @staticmethod
-    def _deadline(timeout: float | None, deadline: float | None) -> float:
-        if deadline is not None:
-            return deadline
-        return DEFAULT_DEADLINE if timeout is None else timeout + DEADLINE_MARGIN
-
     def socket(self, kind: str = "tcp", family: str = "v4") -> Reply:
-        return self.call(f"socket {kind} {'inet' if family == 'v4' else 'inet6'}")
+        return self.do("socket", kind, family)
 
     def setsockopt(self, h: int, opt: str, *values) -> Reply:
-        return self.call(" ".join(["setsockopt", str(h), opt, *map(str, values)]))
+        return self.do("setsockopt", h, opt, *values)
 
     def getsockopt(self, h: int, opt: str) -> Reply:
-        return self.call(f"getsockopt {h} {opt}")
+        return self.do("getsockopt", h, opt)
 
     def bind(self, h: int, addr: str, port: int) -> Reply:
-        return self.call(f"bind {h} {addr} {port}")
+        return self.do("bind", h, addr, port)
 
     def listen(self, h: int, backlog="default") -> Reply:
-        return self.call(f"listen {h} {backlog}")
+        return self.do("listen", h, backlog)
 
-    def accept(self, h: int, timeout: float | None = 2.0, deadline=None) -> Reply:
-        return self.call(f"accept {h} {self._ms(timeout)}", self._deadline(timeout, deadline))
+    def accept(self, h: int, timeout: float | None = CALL_TIMEOUT) -> Reply:
+        return self.do("accept", h, timeout=timeout)
 
-    def accept_later(self, h: int, timeout: float | None = 2.0) -> "Pending":
-        return self.send(f"accept {h} {self._ms(timeout)}", self._deadline(timeout, None))
+    def accept_later(self, h: int, timeout: float | None = CALL_TIMEOUT) -> "Pending":
+        return self.do("accept", h, timeout=timeout, later=True)
 
-    def connect(self, h: int, addr: str, port: int, timeout: float | None = 2.0, deadline=None) -> Reply:
-        return self.call(f"connect {h} {addr} {port} {self._ms(timeout)}", self._deadline(timeout, deadline))
+    def connect(self, h: int, addr: str, port: int, timeout: float | None = CALL_TIMEOUT) -> Reply:
+        return self.do("connect", h, addr, port, timeout=timeout)
 
-    def connect_later(self, h: int, addr: str, port: int, timeout: float | None = 2.0) -> "Pending":
-        return self.send(f"connect {h} {addr} {port} {self._ms(timeout)}", self._deadline(timeout, None))
+    def connect_later(self, h: int, addr: str, port: int, timeout: float | None = CALL_TIMEOUT) -> "Pending":
+        return self.do("connect", h, addr, port, timeout=timeout, later=True)
 
-    def send_bytes(self, h: int, data: bytes) -> Reply:
-        return self.call(f"send {h} {data.hex() or '-'}")
+    def send(self, h: int, data: bytes) -> Reply:
+        return self.do("send", h, data)
 
-    def recv(self, h: int, size: int = 65536, timeout: float | None = 2.0) -> Reply:
-        return self.call(f"recv {h} {size} {self._ms(timeout)}", self._deadline(timeout, None))
+    def recv(self, h: int, size: int = 65536, timeout: float | None = CALL_TIMEOUT) -> Reply:
+        return self.do("recv", h, size, timeout=timeout)
 
     def shutdown(self, h: int, how: str) -> Reply:
-        return self.call(f"shutdown {h} {how}")
+        return self.do("shutdown", h, how)
 
     def close(self, h: int) -> Reply:
-        return self.call(f"close {h}")
+        return self.do("close", h)
 
     def getsockname(self, h: int) -> Reply:
-        return self.call(f"getsockname {h}")
+        return self.do("getsockname", h)
 
     def getpeername(self, h: int) -> Reply:
-        return self.call(f"getpeername {h}")
+        return self.do("getpeername", h)
+
+    def quit(self) -> Reply:
+        return self.do("quit")
+
+    # -- steps many cases take ----------------------------------------------
+    def listener(self, addr: str, port: int, backlog=4, reuseaddr: int | None = None) -> int:
+        """A TCP socket listening on (addr, port): socket, [SO_REUSEADDR], bind, listen; its handle.
+
+        Each step must succeed (StepFailed names the one that did not; Unsupported skips)."""
+        ls = self.socket("tcp", family_of(addr)).h
+        if reuseaddr is not None:
+            self.setsockopt(ls, "reuseaddr", reuseaddr).check("set SO_REUSEADDR on the listener")
+        self.bind(ls, addr, port).check(f"bind the listener to {addr} port {port}")
+        self.listen(ls, backlog).check(f"listen with backlog {backlog}")
+        return ls
+
+    def recv_exactly(self, h: int, size: int, tries: int = 4, timeout: float | None = CALL_TIMEOUT) -> bytes:
+        """Read until size bytes came or end of file (bounded: at most `tries` recv calls)."""
+        data = b""
+        for _ in range(tries):
+            r = self.recv(h, size - len(data), timeout).check(f"read {size} bytes")
+            if r.n == 0:
+                break
+            data += r.data
+            if len(data) >= size:
+                break
+        return data
 
     # -- lifetime ----------------------------------------------------------
     def kill(self):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import dpkt
 
+from .timing import wait_until
+
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
@@ -162,19 +164,18 @@ class Capture:
         return [s for s in self.segments() if s.proto == "tcp" and _matches(s, match)]
 
     def wait_for(self, predicate, timeout: float, count: int = 1) -> list[Segment]:
-        """Wait until `count` segments match predicate (bounded by timeout); return the matches."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [s for s in self.segments() if predicate(s)]
-            if len(found) >= count or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.005)
+        """Wait until `count` segments match predicate (bounded by timeout, scaled by the run's
+        slack); return the matches."""
+        matches = lambda: [s for s in self.segments() if predicate(s)]  # noqa: E731
+        wait_until(lambda: len(matches()) >= count, timeout, 0.005)
+        return matches()
 
     def expect(self, predicate, what: str, timeout: float = 1.0) -> Segment:
-        """The first segment matching predicate (waiting, bounded); fail naming `what` otherwise."""
+        """The first segment matching predicate (waiting, bounded); fail naming `what` otherwise.
+        (The wire itself is in the failure's evidence section.)"""
         found = self.wait_for(predicate, timeout)
         if not found:
-            raise AssertionError(f"not on the wire: {what}\n" + "\n".join(self.summary()))
+            raise AssertionError(f"not on the wire: {what}")
         return found[0]
 
     def expect_fin_acked(self, src: str, sport: int, dport: int, who: str, timeout: float = 1.0):
@@ -193,7 +194,44 @@ class Capture:
                 writer.writepkt(frame, ts=ts)
 
     def summary(self) -> list[str]:
-        return [str(s) for s in self.segments() if s.proto != "other"]
+        """The frames the case caused, as tcpdump shows them with -ttttt and relative sequence
+        numbers: times from the first frame, seq and ack from each side's first sequence number
+        (its ISN where the SYN was seen); link noise (IPv6 multicast listener reports, router
+        solicitations, frames of no known protocol) is left out."""
+        return relative(s for s in self.segments() if not noise(s))
+
+
+# ICMPv6 the link sends on its own: multicast listener query/report/done (130-132, 143),
+# router solicitation and advertisement (133, 134). No case causes them.
+LINK_NOISE_ICMP6 = {130, 131, 132, 133, 134, 143}
+
+
+def noise(seg: Segment) -> bool:
+    return seg.proto == "other" or (seg.proto == "icmp6" and seg.icmp_type in LINK_NOISE_ICMP6)
+
+
+def relative(segments) -> list[str]:
+    """Segments as text with times relative to the first and TCP seq/ack relative to each side's ISN."""
+    segments = list(segments)
+    if not segments:
+        return []
+    t0 = segments[0].time
+    tcp_segs = [s for s in segments if s.proto == "tcp"]
+    isn: dict[tuple, int] = {}  # a side's ISN: its first SYN's seq, else the first seq it sent
+    for seg in [s for s in tcp_segs if "S" in s.flags] + tcp_segs:
+        isn.setdefault((seg.src, seg.sport, seg.dst, seg.dport), seg.seq)
+    lines = []
+    for seg in segments:
+        when = f"{seg.time - t0:9.6f}"
+        if seg.proto != "tcp":
+            lines.append(when + str(seg)[str(seg).index(" "):])
+            continue
+        mine, theirs = isn[(seg.src, seg.sport, seg.dst, seg.dport)], isn.get((seg.dst, seg.dport, seg.src, seg.sport))
+        text = f"{when} {seg.src}.{seg.sport} > {seg.dst}.{seg.dport} [{seg.flags}] seq {(seg.seq - mine) % 2**32}"
+        if "A" in seg.flags:
+            text += f" ack {(seg.ack - theirs) % 2**32}" if theirs is not None else f" ack {seg.ack}"
+        lines.append(text + f" len {seg.length}")
+    return lines
 
 
 def _matches(seg: Segment, match: dict) -> bool:

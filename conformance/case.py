@@ -9,14 +9,19 @@ pytest can use it directly:
 """
 from __future__ import annotations
 
+import errno
+import select
 import socket
-import time
+import struct
 
 from .agent import Agent
 from .capture import Capture
 from .targets import Target
+from .timing import WAIT, slack
 from .topology import Topology, new_base
 
+PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
+CLOSED_PORT = 9  # a port nothing listens on
 LIVE: set["Net"] = set()  # every Net not yet closed, for cleanup on interrupt
 
 
@@ -32,9 +37,12 @@ def launcher(ns: str) -> list[str]:
 class Net:
     """Fresh namespaces (target, peer), a capture on the peer's interface, agents started inside."""
 
-    def __init__(self, target_sysctls: dict | None = None, docker=None, target: Target | None = None):
-        """docker (a DockerRunner) with target: the target host is a container running target's agent."""
+    def __init__(self, target_sysctls: dict | None = None, docker=None, target: Target | None = None,
+                 agent_deadline: float | None = None):
+        """docker (a DockerRunner) with target: the target host is a container running target's agent.
+        agent_deadline: how long an agent may take to start or answer (conformance.agent.Agent)."""
         LIVE.add(self)
+        self.agent_deadline = agent_deadline
         self.agents: list[Agent] = []
         self.peer_sockets: list[socket.socket] = []
         self.wire = None
@@ -45,7 +53,8 @@ class Net:
             if docker is not None:
                 # The container first: its agent is ready before its namespace joins the topology.
                 self._container = f"{new_base()}c"
-                self.agents.append(Agent(target.name, docker.argv(target.name, self._container)))
+                self.agents.append(Agent(target.name, docker.argv(target.name, self._container),
+                                         deadline=agent_deadline))
                 target_pid = docker.pid(self._container)
             self.topo = Topology(target_sysctls, target_pid)
             self.wire = Capture(self.topo.peer)
@@ -65,7 +74,7 @@ class Net:
         """Start target's agent inside the target namespace (under the Docker runner: the container's)."""
         if self._container:
             return self.agents[0]
-        agent = Agent(target.name, target.argv(), launcher(self.target.ns))
+        agent = Agent(target.name, target.argv(), launcher(self.target.ns), deadline=self.agent_deadline)
         self.agents.append(agent)
         return agent
 
@@ -75,13 +84,13 @@ class Net:
         self.peer_sockets.append(sock)
         return sock
 
-    def peer_listener(self, family: str, port: int, backlog: int = 16) -> socket.socket:
+    def peer_listener(self, family: str, port: int = PORT, backlog: int = 16) -> socket.socket:
         sock = self.peer_socket(family)
         sock.bind((self.peer.addr(family), port))
         sock.listen(backlog)
         return sock
 
-    def peer_connect(self, family: str, addr: str, port: int) -> socket.socket:
+    def peer_connect(self, family: str, addr: str, port: int = PORT) -> socket.socket:
         """Start a non-blocking connect from the peer; check it with connected()."""
         sock = self.peer_socket(family)
         sock.setblocking(False)
@@ -90,50 +99,25 @@ class Net:
             raise OSError(err, f"peer connect to {addr}:{port} failed at once")
         return sock
 
-    def target_client(self, agent, family: str, port: int):
+    def target_client(self, agent, family: str, port: int = PORT):
         """The target connects to a peer listener on port: (target handle, peer's socket, target's port)."""
         ls = self.peer_listener(family, port)
         s = agent.socket("tcp", family).h
-        agent.connect(s, self.peer.addr(family), port, 2.0).check()
-        ls.settimeout(2.0)
+        agent.connect(s, self.peer.addr(family), port).check("connect to the peer's listener")
+        ls.settimeout(slack(WAIT))
         conn, _ = ls.accept()
-        return s, conn, int(agent.getsockname(s).check()["port"])
+        return s, conn, agent.getsockname(s).port
 
-    def target_server(self, agent, family: str, port: int):
+    def target_server(self, agent, family: str, port: int = PORT):
         """The peer connects to a target listener on port, which accepts it and closes:
         (accepted handle, peer's socket (blocking), peer's port)."""
-        ls = agent.socket("tcp", family).h
-        agent.bind(ls, self.target.addr(family), port).check()
-        agent.listen(ls, 4).check()
+        ls = agent.listener(self.target.addr(family), port)
         client = self.peer_connect(family, self.target.addr(family), port)
-        assert connected(client, 2.0) == 0, "the peer could not connect to the target's listener"
+        assert connected(client) == 0, "the peer could not connect to the target's listener"
         client.setblocking(True)
-        accepted = agent.accept(ls, 2.0).check()
-        agent.close(ls).check()
+        accepted = agent.accept(ls).check("accept the peer's connection")
+        agent.close(ls).check("close the listener")
         return accepted.h, client, client.getsockname()[1]
-
-    def sockets(self, host, **match):
-        """Rows of host's socket table whose fields equal every keyword given."""
-        return [s for s in host.sockets() if all(getattr(s, k) == v for k, v in match.items())]
-
-    def wait_state(self, host, state: str, timeout: float = 2.0, **match):
-        """Wait (bounded) until host's table has a socket in state matching **match; return it or None."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.sockets(host, state=state, **match)
-            if rows or time.monotonic() >= deadline:
-                return rows[0] if rows else None
-            time.sleep(0.01)
-
-    def wait_gone(self, host, timeout: float = 2.0, **match) -> bool:
-        """Wait (bounded) until host has no socket matching **match; True if it went."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.sockets(host, **match):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
 
     def close(self):
         for agent in self.agents:
@@ -155,11 +139,33 @@ class Net:
         self.close()
 
 
-def connected(sock: socket.socket, timeout: float) -> int | None:
-    """Wait (bounded) for a non-blocking connect to finish. None: still in progress; else its errno (0 = ok)."""
-    import select
-
-    _, writable, _ = select.select([], [sock], [], timeout)
+# -- the peer's own sockets: plain Python sockets of the harness ------------------------
+def connected(sock: socket.socket, timeout: float = WAIT) -> int | None:
+    """Wait (bounded, scaled) for a non-blocking connect to finish. None: still in progress;
+    else its errno (0 = connected). timeout=0 asks without waiting."""
+    _, writable, _ = select.select([], [sock], [], slack(timeout))
     if not writable:
         return None
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def peer_recv(sock: socket.socket, size: int = 4096, timeout: float = WAIT) -> bytes:
+    """One blocking recv() on a peer socket, bounded (scaled); b"" is end of file."""
+    sock.setblocking(True)
+    sock.settimeout(slack(timeout))
+    return sock.recv(size)
+
+
+def peer_recv_outcome(sock: socket.socket, timeout: float = WAIT) -> str:
+    """The peer's recv(): the errno name it failed with (ECONNRESET...), or what it read."""
+    try:
+        data = peer_recv(sock, 4096, timeout)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, f"errno {e.errno}") if e.errno else type(e).__name__
+    return f"read {data!r}"
+
+
+def abort(sock: socket.socket) -> None:
+    """close() with SO_LINGER {1, 0}: the peer's socket resets the connection (an RST, no FIN)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

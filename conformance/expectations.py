@@ -37,10 +37,11 @@ class Difference:
     families: tuple = ()
     kernel: str = ""
 
-    def matches(self, target: str, name: str, originalname: str, family: str | None, kernel: str) -> bool:
+    def matches(self, target: str, names, family: str | None, kernel: str) -> bool:
+        """names: what the case is called: its full test name, its function, test_<matrix row>."""
         if target != self.target:
             return False
-        if self.case not in (name, originalname):
+        if self.case not in names:
             return False
         if self.families and family not in self.families:
             return False

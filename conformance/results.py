@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 SCHEMA = "tcp-conformance-results"
@@ -27,9 +28,12 @@ def _skip_reason(rep) -> str:
 
 
 def _failure(rep) -> str:
+    """The failure's sentence: the first line of its message, without the exception's class
+    ("AssertionError: the RST must ack the SYN" -> "the RST must ack the SYN")."""
     crash = getattr(getattr(rep, "longrepr", None), "reprcrash", None)
     text = crash.message if crash is not None else str(rep.longrepr or "")
-    return text.strip().splitlines()[0] if text.strip() else ""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return re.sub(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Failed|Fail))(?::\s*|$)", "", first) or first
 
 
 def verdict_of(rep) -> tuple[str, str]:

@@ -16,7 +16,9 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from pyroute2 import DiagSocket, IPRoute, netns
+from pyroute2 import DiagSocket, IPRoute, NetlinkError, netns
+
+from .timing import WAIT, wait_until
 
 PREFIX = "tcc"
 NETNS_DIR = "/run/netns"
@@ -37,6 +39,9 @@ TCP_STATES = {
     6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
     12: "NEW_SYN_RECV",
 }
+
+NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
+              0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
 
 ALL_STATES = 0xFFF  # every real TCP state (1 << 0 .. 1 << 11)
 TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
@@ -149,9 +154,19 @@ def sysctl_path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
 
 
+SS_STATES = {"ESTABLISHED": "ESTAB", "FIN_WAIT1": "FIN-WAIT-1", "FIN_WAIT2": "FIN-WAIT-2",
+             "TIME_WAIT": "TIME-WAIT", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK", "SYN_SENT": "SYN-SENT",
+             "SYN_RECV": "SYN-RECV", "CLOSE": "UNCONN", "NEW_SYN_RECV": "SYN-RECV", "LISTEN": "LISTEN",
+             "CLOSING": "CLOSING"}
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 @dataclass
 class SockInfo:
-    """One row of the kernel's socket table (sock_diag)."""
+    """One row of the kernel's socket table (sock_diag); prints as `ss -tan` does."""
 
     state: str
     src: str
@@ -161,9 +176,25 @@ class SockInfo:
     rqueue: int  # LISTEN: accept queue length; else bytes not yet read
     wqueue: int  # LISTEN: backlog in force; else bytes not yet acked
     family: int = socket.AF_INET
+    proto: str = "tcp"
 
     def __str__(self):
-        return f"{self.state} {self.src}:{self.sport} -> {self.dst}:{self.dport} rq={self.rqueue} wq={self.wqueue}"
+        state = SS_STATES.get(self.state, self.state)
+        return (f"{self.proto:<4}{state:<11}{self.rqueue:>6} {self.wqueue:>6}  "
+                f"{_endpoint(self.src, self.sport):<24} {_endpoint(self.dst, self.dport)}")
+
+    __repr__ = __str__
+
+
+SS_HEADER = f"{'':<4}{'State':<11}{'Recv-Q':>6} {'Send-Q':>6}  {'Local Address:Port':<24} Peer Address:Port"
+
+
+def table(rows) -> str:
+    """Socket rows in `ss -tan` form, with its header."""
+    return "\n".join([SS_HEADER, *map(str, rows)])
+
+
+PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
 @dataclass
@@ -245,12 +276,15 @@ class Host:
         self.call(run)
 
     # kernel evidence
-    def sockets(self, family: str | None = None, proto: int = IPPROTO_TCP, bound: bool = False) -> list[SockInfo]:
-        """The namespace's TCP socket table through sock_diag.
+    def sockets(self, state: str | None = None, *, proto: str = "tcp", family: str | None = None,
+                bound: bool = False, **match) -> list[SockInfo]:
+        """Rows of the namespace's socket table (sock_diag) in `state` whose fields equal every keyword.
 
-        bound=True also lists sockets that are bound but neither listen nor
-        connect (state CLOSE; sock_diag dumps them from Linux 6.8 on).
-        """
+        proto: "tcp" or "udp"; family: "v4"/"v6" (default both); bound=True also lists
+        sockets that are bound but neither listen nor connect (state CLOSE; sock_diag
+        dumps them from Linux 6.8 on)."""
+        if state is not None:
+            match["state"] = state
         fams = [FAMILIES[family]] if family else [socket.AF_INET, socket.AF_INET6]
         states = ALL_STATES | (1 << TCP_BOUND_INACTIVE if bound else 0)
 
@@ -260,22 +294,50 @@ class Host:
             with DiagSocket() as ds:
                 ds.bind()
                 for fam in fams:
-                    for m in ds.get_sock_stats(family=fam, protocol=proto, states=states):
+                    for m in ds.get_sock_stats(family=fam, protocol=PROTOS[proto], states=states):
                         rows.append(
                             SockInfo(
                                 state=TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
                                 src=m["idiag_src"], sport=m["idiag_sport"],
                                 dst=m["idiag_dst"], dport=m["idiag_dport"],
-                                rqueue=m["idiag_rqueue"], wqueue=m["idiag_wqueue"], family=fam,
+                                rqueue=m["idiag_rqueue"], wqueue=m["idiag_wqueue"], family=fam, proto=proto,
                             )
                         )
             return rows
 
-        return self.call(run)
+        return [r for r in self.call(run) if all(getattr(r, k) == v for k, v in match.items())]
 
-    def counters(self) -> dict[str, int]:
+    def wait_state(self, state: str, timeout: float = WAIT, **match) -> SockInfo | None:
+        """Wait (bounded, scaled by the run's slack) until a socket in state matches **match; it, or None."""
+        rows = wait_until(lambda: self.sockets(state, **match), timeout)
+        return rows[0] if rows else None
+
+    def wait_gone(self, timeout: float = WAIT, **match) -> bool:
+        """Wait (bounded, scaled) until no socket matches **match; True if none is left."""
+        return wait_until(lambda: not self.sockets(**match), timeout)
+
+    def table(self) -> str:
+        """Every TCP and UDP socket of the namespace, in `ss -tuan` form."""
+        return table(self.sockets(bound=True) + self.sockets(proto="udp"))
+
+    def counters(self, *keys: str) -> dict[str, int]:
         """/proc/net/netstat, snmp and snmp6 of this namespace as one dict:
-        {'TcpExt.ListenOverflows': n, 'Udp.InDatagrams': n, 'Icmp6.InDestUnreachs': n, ...}."""
+        {'TcpExt.ListenOverflows': n, 'Udp.InDatagrams': n, 'Icmp6.InDestUnreachs': n, ...};
+        with keys, only those (0 for a counter this kernel lacks)."""
+        every = self._counters()
+        return {k: every.get(k, 0) for k in keys} if keys else every
+
+    def rise(self, before: dict[str, int]) -> dict[str, int]:
+        """How much each counter of a counters(...) reading has risen since."""
+        return delta(before, self.counters(*before), *before)
+
+    def wait_rise(self, before: dict[str, int], key: str, at_least: int = 1, timeout: float = 1.0) -> int:
+        """Wait (bounded, scaled) until counter key has risen by at_least since before; the rise."""
+        rise = lambda: self.counters(key)[key] - before[key]  # noqa: E731
+        wait_until(lambda: rise() >= at_least, timeout)
+        return rise()
+
+    def _counters(self) -> dict[str, int]:
 
         def run():
             out = {}
@@ -296,6 +358,50 @@ class Host:
             return out
 
         return self.call(run)
+
+    # routes and neighbours
+    def route_error(self, addr: str) -> int | None:
+        """The errno of a route lookup for addr here (101 ENETUNREACH: no route), None when one exists."""
+
+        def run(ipr):
+            try:
+                ipr.route("get", dst=addr)
+            except NetlinkError as e:
+                return e.code
+            return None
+
+        return self.netlink(run)
+
+    def add_route(self, prefix: str, via: str | None = None) -> None:
+        """A route for prefix ("203.0.113.0/24"): through the gateway via, or on this host's link."""
+        net = ipaddress.ip_network(prefix)
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        where = {"gateway": via} if via else {"oif": self.ifindex}
+        self.netlink(lambda ipr: ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen,
+                                           family=family, **where))
+
+    def neighbour_state(self, addr: str) -> str | None:
+        """The state of this host's neighbour entry for addr (NUD name: "FAILED", "PERMANENT"...), None if none."""
+
+        def run(ipr):
+            for n in ipr.get_neighbours(ifindex=self.ifindex):
+                if n.get_attr("NDA_DST") == addr:
+                    return NUD_STATES.get(n["state"], hex(n["state"]))
+            return None
+
+        return self.netlink(run)
+
+    def has_link_local(self) -> bool:
+        """Whether the veth end has its IPv6 link-local address yet (it comes up to ~1 s after the link)."""
+        return self.netlink(lambda ipr: any(
+            a.get_attr("IFA_ADDRESS", "").startswith("fe80:")
+            for a in ipr.get_addr(family=socket.AF_INET6, index=self.ifindex)))
+
+    def neighbour_probes(self, count: int, interval_ms: int) -> None:
+        """Neighbour discovery (ARP and IPv6) on the veth gives up after count probes interval_ms apart."""
+        self.sysctls({f"net.{ip}.neigh.{self.ifname}.{key}": value
+                      for ip in ("ipv4", "ipv6")
+                      for key, value in (("mcast_solicit", count), ("app_solicit", 0), ("retrans_time_ms", interval_ms))})
 
 
 class Topology:
@@ -357,7 +463,8 @@ class Topology:
         host.ifindex = link["index"]
         host.mac = link.get_attr("IFLA_ADDRESS")
         ipr.addr("add", index=host.ifindex, address=host.addr4, prefixlen=NET4.prefixlen)
-        ipr.addr("add", index=host.ifindex, address=host.addr6, prefixlen=NET6.prefixlen)
+        # nodad: ready for bind() at once, never tentative (under load DAD can lag the first case step).
+        ipr.addr("add", index=host.ifindex, address=host.addr6, prefixlen=NET6.prefixlen, flags=IFA_F_NODAD)
         ipr.link("set", index=host.ifindex, state="up")
 
     def blackhole(self, family: str) -> str:
@@ -379,6 +486,20 @@ class Topology:
         self.peer.netlink(lambda ipr: ipr.neigh("replace", dst=addr, lladdr=self.target.mac,
                                                 ifindex=self.peer.ifindex, state="permanent"))
         return addr
+
+    def route_through_peer(self, prefix: str) -> None:
+        """Make the peer the target's router for prefix: the target routes it via the peer, which
+        forwards, sends ICMP errors unthrottled and no redirects (it forwards back out its only
+        link); the target ignores IPv6 redirects, so its route stays via the router."""
+        family = "v4" if ipaddress.ip_network(prefix).version == 4 else "v6"
+        self.target.add_route(prefix, via=self.peer.addr(family))
+        self.peer.sysctls({
+            "net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
+            "net.ipv4.icmp_ratelimit": "0", "net.ipv6.icmp.ratelimit": "0",
+            "net.ipv4.conf.all.send_redirects": "0", f"net.ipv4.conf.{self.peer.ifname}.send_redirects": "0",
+        })
+        self.target.sysctls({"net.ipv6.conf.all.accept_redirects": "0",
+                             f"net.ipv6.conf.{self.target.ifname}.accept_redirects": "0"})
 
     def close(self):
         for ns in reversed(self.created):

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEVIANT = ROOT / "tests" / "deviants" / "agent.py"
+DEVIANT = ROOT / "fixtures" / "deviants" / "agent.py"
 
 
 def deviant(mode: str, name: str = "deviant") -> str:

@@ -1,7 +1,7 @@
 """Each conformance case fails on a target that deviates in exactly the behaviour it checks.
 
-A deviant target (tests/deviants/agent.py) is the Python agent with one
-operation replaced (tests/deviants/modes_*.py), registered with --add-target
+A deviant target (fixtures/deviants/agent.py) is the Python agent with one
+operation replaced (fixtures/deviants/modes_*.py), registered with --add-target
 like any outside agent. For each deviation, the case that checks it must fail,
 and a case that checks something else (the control) must still pass on the
 same deviant target. Only those two test functions run.

@@ -1,0 +1,1 @@
+"""The pytest plugin of the TCP conformance suite (pytest_tcp_conformance.plugin)."""
