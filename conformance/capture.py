@@ -178,11 +178,12 @@ class Capture:
             raise AssertionError(f"not on the wire: {what}")
         return found[0]
 
-    def expect_fin_acked(self, src: str, sport: int, dport: int, who: str, timeout: float = 1.0):
-        """The FIN src sent on this connection and the first ACK covering it: (fin, ack)."""
-        fin = self.expect(tcp(src=src, sport=sport, dport=dport, has="F"), f"a FIN from the {who}", timeout)
-        ack = self.expect(tcp(sport=dport, dport=sport, has="A", ack=fin.seq + fin.length + 1),
-                          f"the ACK of the {who}'s FIN", timeout)
+    def expect_fin_acked(self, end, timeout: float = 1.0):
+        """The FIN that connection end `end` (conformance.case.End) sent, and the first ACK covering it: (fin, ack)."""
+        fin = self.expect(tcp(src=end.addr, sport=end.port, dport=end.remote_port, has="F"),
+                          f"a FIN from the {end.role}", timeout)
+        ack = self.expect(tcp(sport=end.remote_port, dport=end.port, has="A", ack=fin.seq + fin.length + 1),
+                          f"the ACK of the {end.role}'s FIN", timeout)
         return fin, ack
 
     def write_pcap(self, path: str) -> None:

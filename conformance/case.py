@@ -13,6 +13,7 @@ import errno
 import select
 import socket
 import struct
+from dataclasses import dataclass
 
 from .agent import Agent
 from .capture import Capture
@@ -23,6 +24,54 @@ from .topology import Topology, new_base
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
 CLOSED_PORT = 9  # a port nothing listens on
 LIVE: set["Net"] = set()  # every Net not yet closed, for cleanup on interrupt
+
+
+@dataclass
+class End:
+    """One end of a connection: its host, its address and port, and the other end's port."""
+
+    role: str  # "target" or "peer"
+    host: "Host"
+    addr: str
+    port: int
+    remote_port: int
+
+    @property
+    def match(self) -> dict:
+        """This end's socket in its host's table: Host.sockets(**end.match)."""
+        return dict(sport=self.port, dport=self.remote_port)
+
+    def sockets(self, state: str | None = None):
+        return self.host.sockets(state, **self.match)
+
+    def wait_state(self, state: str, timeout: float = WAIT):
+        return self.host.wait_state(state, timeout, **self.match)
+
+    def wait_gone(self, timeout: float = WAIT) -> bool:
+        return self.host.wait_gone(timeout, **self.match)
+
+
+@dataclass
+class Connection:
+    """A TCP connection between the target's agent (handle) and a socket of the peer's (sock)."""
+
+    agent: Agent
+    handle: int
+    sock: socket.socket
+    target: End
+    peer: End
+
+    def end(self, role: str) -> End:
+        return self.target if role == "target" else self.peer
+
+    def other(self, role: str) -> End:
+        return self.peer if role == "target" else self.target
+
+    def close(self, role: str):
+        """close() on that end: the agent's close (which must succeed), or the peer socket's."""
+        if role == "target":
+            return self.agent.close(self.handle).check("the target's close()")
+        self.sock.close()
 
 
 def launcher(ns: str) -> list[str]:
@@ -99,25 +148,30 @@ class Net:
             raise OSError(err, f"peer connect to {addr}:{port} failed at once")
         return sock
 
-    def target_client(self, agent, family: str, port: int = PORT):
-        """The target connects to a peer listener on port: (target handle, peer's socket, target's port)."""
+    def target_client(self, agent, family: str, port: int = PORT) -> "Connection":
+        """The target connects to a peer listener on port; the listener is left without a queue."""
         ls = self.peer_listener(family, port)
         s = agent.socket("tcp", family).h
         agent.connect(s, self.peer.addr(family), port).check("connect to the peer's listener")
         ls.settimeout(slack(WAIT))
         conn, _ = ls.accept()
-        return s, conn, agent.getsockname(s).port
+        tport = agent.getsockname(s).port
+        return Connection(agent, s, conn,
+                          End("target", self.target, self.target.addr(family), tport, port),
+                          End("peer", self.peer, self.peer.addr(family), port, tport))
 
-    def target_server(self, agent, family: str, port: int = PORT):
-        """The peer connects to a target listener on port, which accepts it and closes:
-        (accepted handle, peer's socket (blocking), peer's port)."""
+    def target_server(self, agent, family: str, port: int = PORT) -> "Connection":
+        """The peer connects to a target listener on port, which accepts it and closes the listener."""
         ls = agent.listener(self.target.addr(family), port)
         client = self.peer_connect(family, self.target.addr(family), port)
         assert connected(client) == 0, "the peer could not connect to the target's listener"
         client.setblocking(True)
         accepted = agent.accept(ls).check("accept the peer's connection")
         agent.close(ls).check("close the listener")
-        return accepted.h, client, client.getsockname()[1]
+        pport = client.getsockname()[1]
+        return Connection(agent, accepted.h, client,
+                          End("target", self.target, self.target.addr(family), port, pport),
+                          End("peer", self.peer, self.peer.addr(family), pport, port))
 
     def close(self):
         for agent in self.agents:
