@@ -76,7 +76,7 @@ class Reply:
     def get(self, key, default=None):
         return self.fields.get(key, default)
 
-    def check(self, why: str = "") -> "Reply":
+    def check(self, why: str = "") -> Reply:
         """Return self if ok; raise Unsupported if the language cannot express it; StepFailed otherwise.
 
         why: what the step is for, said in the failure ("listen before the clients connect")."""
@@ -260,7 +260,7 @@ class Agent:
         except UnicodeDecodeError:
             self._fail(command, f"reply is not ASCII: {line[:80]!r}")
 
-    def submit(self, command: str, deadline: float | None = None) -> "Pending":
+    def submit(self, command: str, deadline: float | None = None) -> Pending:
         """Send a command line without waiting: the agent may block in it while the case acts."""
         if self.proc.poll() is not None:
             self._fail(command, f"agent is not running (status {self.proc.returncode})")
@@ -324,13 +324,13 @@ class Agent:
     def accept(self, h: int, timeout: float | None = CALL_TIMEOUT) -> Reply:
         return self.do("accept", h, timeout=timeout)
 
-    def accept_later(self, h: int, timeout: float | None = CALL_TIMEOUT) -> "Pending":
+    def accept_later(self, h: int, timeout: float | None = CALL_TIMEOUT) -> Pending:
         return self.do("accept", h, timeout=timeout, later=True)
 
     def connect(self, h: int, addr: str, port: int, timeout: float | None = CALL_TIMEOUT) -> Reply:
         return self.do("connect", h, addr, port, timeout=timeout)
 
-    def connect_later(self, h: int, addr: str, port: int, timeout: float | None = CALL_TIMEOUT) -> "Pending":
+    def connect_later(self, h: int, addr: str, port: int, timeout: float | None = CALL_TIMEOUT) -> Pending:
         return self.do("connect", h, addr, port, timeout=timeout, later=True)
 
     def send(self, h: int, data: bytes) -> Reply:

@@ -136,7 +136,7 @@ class Capture:
         while not self._stop.is_set():
             try:
                 data, anc, _flags, _addr = self._sock.recvmsg(65536, cmsg_space)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

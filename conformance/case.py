@@ -19,11 +19,11 @@ from .agent import Agent
 from .capture import Capture
 from .targets import Target
 from .timing import WAIT, slack
-from .topology import Topology, new_base
+from .topology import Host, Topology, new_base
 
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
 CLOSED_PORT = 9  # a port nothing listens on
-LIVE: set["Net"] = set()  # every Net not yet closed, for cleanup on interrupt
+LIVE: set[Net] = set()  # every Net not yet closed, for cleanup on interrupt
 
 
 @dataclass
@@ -31,7 +31,7 @@ class End:
     """One end of a connection: its host, its address and port, and the other end's port."""
 
     role: str  # "target" or "peer"
-    host: "Host"
+    host: Host
     addr: str
     port: int
     remote_port: int
@@ -148,7 +148,7 @@ class Net:
             raise OSError(err, f"peer connect to {addr}:{port} failed at once")
         return sock
 
-    def target_client(self, agent, family: str, port: int = PORT) -> "Connection":
+    def target_client(self, agent, family: str, port: int = PORT) -> Connection:
         """The target connects to a peer listener on port; the listener is left without a queue."""
         ls = self.peer_listener(family, port)
         s = agent.socket("tcp", family).h
@@ -160,7 +160,7 @@ class Net:
                           End("target", self.target, self.target.addr(family), tport, port),
                           End("peer", self.peer, self.peer.addr(family), port, tport))
 
-    def target_server(self, agent, family: str, port: int = PORT) -> "Connection":
+    def target_server(self, agent, family: str, port: int = PORT) -> Connection:
         """The peer connects to a target listener on port, which accepts it and closes the listener."""
         ls = agent.listener(self.target.addr(family), port)
         client = self.peer_connect(family, self.target.addr(family), port)

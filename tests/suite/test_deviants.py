@@ -6,90 +6,109 @@ like any outside agent. For each deviation, the case that checks it must fail,
 and a case that checks something else (the control) must still pass on the
 same deviant target. Only those two test functions run.
 """
+import functools
 import re
+import subprocess
+import sys
 
 import pytest
 
 from .helpers import ROOT, deviant, run_suite
 
 DEVIATIONS = [
-    # mode, the case that must fail, the control case that must pass (test functions)
+    # mode, the case that must fail, the control case that must pass (matrix rows, no family)
     # -- the five mission cases
-    ("eager-accept", "test_handshake", "test_refused"),
-    ("fake-refused", "test_handshake_as_client", "test_handshake"),
-    ("wrong-errno", "test_refused", "test_handshake"),
-    ("fake-refused", "test_refused", "test_handshake"),
-    ("client-timeout", "test_timedout", "test_refused"),
-    ("ignore-syncnt", "test_timedout", "test_refused"),
-    ("big-backlog", "test_queue_full", "test_refused"),
-    ("linger-close", "test_time_wait_by_target", "test_refused"),
-    ("linger-close", "test_time_wait_by_peer", "test_refused"),
+    ("eager-accept", "handshake", "refused"),
+    ("fake-refused", "handshake_as_client", "handshake"),
+    ("wrong-errno", "refused", "handshake"),
+    ("fake-refused", "refused", "handshake"),
+    ("client-timeout", "timedout", "refused"),
+    ("ignore-syncnt", "timedout", "refused"),
+    ("big-backlog", "queue_full", "refused"),
+    ("linger-close", "time_wait_by_target", "refused"),
+    ("linger-close", "time_wait_by_peer", "refused"),
     # -- accept, listen, ports, addresses, backlog
-    ("accept-drops-early-data", "test_accept_data_before_accept", "test_listen_bound_refused"),
-    ("accept-closes-listener", "test_accept_new_socket", "test_listen_bound_refused"),
-    ("accept-fake-peer", "test_accept_new_socket", "test_listen_bound_refused"),
-    ("accept-ignores-nonblock", "test_accept_nonblock", "test_accept_new_socket"),
-    ("accept-listens-first", "test_listen_accept_einval", "test_accept_new_socket"),
-    ("accept-bind-listens", "test_listen_bound_refused", "test_ephemeral_range"),
-    ("accept-connect-fixed-port", "test_ephemeral_range", "test_accept_new_socket"),
-    ("accept-bind-fixed-port", "test_ephemeral_port_zero", "test_accept_new_socket"),
-    ("accept-wildcard-specific", "test_wildcard_any", "test_wildcard_specific"),
-    ("accept-specific-wildcard", "test_wildcard_specific", "test_wildcard_any"),
-    ("accept-backlog-ignored", "test_backlog_somaxconn", "test_ephemeral_range"),
+    ("accept-drops-early-data", "accept_data_before_accept", "listen_bound_refused"),
+    ("accept-closes-listener", "accept_new_socket", "listen_bound_refused"),
+    ("accept-fake-peer", "accept_new_socket", "listen_bound_refused"),
+    ("accept-ignores-nonblock", "accept_nonblock", "accept_new_socket"),
+    ("accept-listens-first", "listen_accept_einval", "accept_new_socket"),
+    ("accept-bind-listens", "listen_bound_refused", "ephemeral_range"),
+    ("accept-connect-fixed-port", "ephemeral_range", "accept_new_socket"),
+    ("accept-bind-fixed-port", "ephemeral_port_zero", "accept_new_socket"),
+    ("accept-wildcard-specific", "wildcard_any", "wildcard_specific"),
+    ("accept-specific-wildcard", "wildcard_specific", "wildcard_any"),
+    ("accept-backlog-ignored", "backlog_somaxconn", "ephemeral_range"),
     # -- unreachable outcomes, abort on overflow, blocking calls
-    ("reach-hostunreach-as-timedout", "test_unreachable_host_icmp", "test_unreachable_no_route"),
-    ("reach-hostunreach-as-timedout", "test_unreachable_on_link", "test_unreachable_net_icmp"),
-    ("reach-netunreach-as-hostunreach", "test_unreachable_net_icmp", "test_unreachable_host_icmp"),
-    ("reach-netunreach-as-hostunreach", "test_unreachable_no_route", "test_unreachable_on_link"),
-    ("eager-accept", "test_abort_on_overflow_rst", "test_refused"),
-    ("eager-accept", "test_abort_on_overflow_off", "test_refused"),
-    ("eager-accept", "test_overflow_final_ack", "test_refused"),
-    ("reach-connect-nowait", "test_blocking_connect", "test_blocking_accept"),
-    ("reach-accept-nowait", "test_blocking_accept", "test_blocking_connect"),
+    ("reach-hostunreach-as-timedout", "unreachable_host_icmp", "unreachable_no_route"),
+    ("reach-hostunreach-as-timedout", "unreachable_on_link", "unreachable_net_icmp"),
+    ("reach-netunreach-as-hostunreach", "unreachable_net_icmp", "unreachable_host_icmp"),
+    ("reach-netunreach-as-hostunreach", "unreachable_no_route", "unreachable_on_link"),
+    ("eager-accept", "abort_on_overflow_rst", "refused"),
+    ("eager-accept", "abort_on_overflow_off", "refused"),
+    ("eager-accept", "overflow_final_ack", "refused"),
+    ("reach-connect-nowait", "blocking_connect", "blocking_accept"),
+    ("reach-accept-nowait", "blocking_accept", "blocking_connect"),
     # -- close, rebind, RST, UDP
-    ("close-leak", "test_four_way_close_target_active", "test_udp_no_handshake"),
-    ("close-leak", "test_four_way_close_target_passive", "test_half_close"),
-    ("close-eof-as-reset", "test_four_way_close_target_passive", "test_rst_linger_zero_received"),
-    ("close-shutdown-rdwr", "test_half_close", "test_four_way_close_target_active"),
-    ("close-eof-as-reset", "test_half_close_by_peer", "test_four_way_close_target_active"),
-    ("close-reuseaddr-always", "test_rebind_time_wait_default", "test_rebind_time_wait_reuseaddr"),
-    ("close-reuseaddr-always", "test_rebind_time_wait_new_only", "test_rebind_time_wait_reuseaddr"),
-    ("close-reuseaddr-always", "test_rebind_time_wait_old_only", "test_rebind_time_wait_reuseaddr"),
-    ("close-reuseaddr-ignored", "test_rebind_time_wait_reuseaddr", "test_rebind_time_wait_default"),
-    ("close-linger-off-at-close", "test_rst_linger_zero", "test_rst_unread_data"),
-    ("close-reset-as-eof", "test_rst_linger_zero_received", "test_rst_linger_zero"),
-    ("close-drains-before-close", "test_rst_unread_data", "test_rst_linger_zero"),
-    ("close-leak", "test_rst_no_connection", "test_rst_linger_zero_received"),
-    ("close-udp-as-tcp", "test_udp_no_handshake", "test_four_way_close_target_active"),
-    ("close-udp-fake-refused", "test_udp_refused", "test_udp_no_handshake"),
+    ("close-leak", "four_way_close_target_active", "udp_no_handshake"),
+    ("close-leak", "four_way_close_target_passive", "half_close"),
+    ("close-eof-as-reset", "four_way_close_target_passive", "rst_linger_zero_received"),
+    ("close-shutdown-rdwr", "half_close", "four_way_close_target_active"),
+    ("close-eof-as-reset", "half_close_by_peer", "four_way_close_target_active"),
+    ("close-reuseaddr-always", "rebind_time_wait_default", "rebind_time_wait_reuseaddr"),
+    ("close-reuseaddr-always", "rebind_time_wait_new_only", "rebind_time_wait_reuseaddr"),
+    ("close-reuseaddr-always", "rebind_time_wait_old_only", "rebind_time_wait_reuseaddr"),
+    ("close-reuseaddr-ignored", "rebind_time_wait_reuseaddr", "rebind_time_wait_default"),
+    ("close-linger-off-at-close", "rst_linger_zero", "rst_unread_data"),
+    ("close-reset-as-eof", "rst_linger_zero_received", "rst_linger_zero"),
+    ("close-drains-before-close", "rst_unread_data", "rst_linger_zero"),
+    ("close-leak", "rst_no_connection", "rst_linger_zero_received"),
+    ("close-udp-as-tcp", "udp_no_handshake", "four_way_close_target_active"),
+    ("close-udp-fake-refused", "udp_refused", "udp_no_handshake"),
 ]
 
 
-def node(function: str) -> str:
-    """tests/cases/FILE.py::function, found by its definition."""
-    for path in sorted((ROOT / "tests" / "cases").glob("test_*.py")):
-        if re.search(rf"^def {function}\(", path.read_text(), re.M):
-            return f"{path.relative_to(ROOT)}::{function}"
-    raise LookupError(f"no case {function} in tests/cases")
+@functools.cache
+def case_ids() -> dict[str, str]:
+    """Every conformance case's matrix row (no family) -> its v4 test id on a target named `deviant`,
+    from pytest's own collection: "time_wait_by_target" -> "tests/cases/test_time_wait.py::test_time_wait[v4-deviant-by_target]"."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+                           "tests/cases", "--targets", "python", "--families", "v4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = {}
+    for line in proc.stdout.splitlines():
+        m = re.fullmatch(r"(tests/cases/\S+\.py)::(test_\w+)\[(.*)\]", line.strip())
+        if m:
+            path, function, ids = m.group(1), m.group(2), m.group(3).split("-")
+            variants = [i for i in ids if i not in ("v4", "python")]
+            row = "_".join([function.removeprefix("test_"), *variants])
+            out[row] = f"{path}::{function}[{'-'.join('deviant' if i == 'python' else i for i in ids)}]"
+    assert out, f"no conformance case collected:\n{proc.stdout}{proc.stderr}"
+    return out
+
+
+def node(row: str) -> str:
+    try:
+        return case_ids()[row]
+    except KeyError:
+        raise LookupError(f"no case with the matrix row {row!r} in tests/cases") from None
 
 
 @pytest.mark.parametrize("mode,case,control", DEVIATIONS, ids=[f"{d[0]}-{d[1]}" for d in DEVIATIONS])
 def test_case_fails_on_deviant_target(tmp_path, mode, case, control):
+    checked_id, control_id = node(case), node(control)
     code, outcomes, output = run_suite(
-        tmp_path, node(case), node(control), "--targets", "deviant", "--add-target", deviant(mode),
-        "--families", "v4")
-    checked = {n: o for n, o in outcomes.items() if n.startswith(case + "[")}
-    controls = {n: o for n, o in outcomes.items() if n.startswith(control + "[")}
-    assert checked, f"no case {case} ran:\n{output}"
-    assert all(o == "failed" for o in checked.values()), f"{case} did not fail on the {mode} deviant: {checked}\n{output}"
-    assert controls and all(o == "passed" for o in controls.values()), \
-        f"the control {control} must pass on the {mode} deviant: {controls}\n{output}"
+        tmp_path, checked_id, control_id, "--targets", "deviant", "--add-target", deviant(mode), "--families", "v4")
+    checked = outcomes.get(checked_id.split("::")[1])
+    controlled = outcomes.get(control_id.split("::")[1])
+    assert checked == "failed", f"{case} did not fail on the {mode} deviant: {checked}\n{output}"
+    assert controlled == "passed", f"the control {control} must pass on the {mode} deviant: {controlled}\n{output}"
     assert code == 1, f"pytest must exit 1 when a case fails, got {code}"
 
 
 def test_every_case_has_a_deviation():
     """A new case without a deviant that makes it fail is a case nobody has seen fail."""
-    cases = {m for path in (ROOT / "tests" / "cases").glob("test_*.py")
-             for m in re.findall(r"^def (test_\w+)\(", path.read_text(), re.M)}
+    cases = set(case_ids())
     proven = {case for _, case, _ in DEVIATIONS}
+    assert proven - cases == set(), f"deviations name cases that do not exist: {sorted(proven - cases)}"
     assert cases - proven == set(), f"cases with no deviant target proving they can fail: {sorted(cases - proven)}"

@@ -1,6 +1,7 @@
 """Results people can read, keep and compare: matrix, JSON, HTML, pcaps, JUnit, declared differences."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,11 +30,11 @@ def refused_run(tmp_path_factory):
 def test_terminal_matrix(refused_run):
     _, _, output = refused_run
     lines = output.splitlines()
-    start = lines.index(next(l for l in lines if "TCP conformance matrix" in l))
+    start = lines.index(next(line for line in lines if "TCP conformance matrix" in line))
     table = lines[start + 1:start + 4]
     assert table[0].split() == ["behaviour", "python", "c"]
     assert table[1].startswith("refused v4") and table[1].count("pass ECONNREFUSED") == 2
-    assert all(len(l) <= 100 for l in lines[start + 1:start + 6])
+    assert all(len(line) <= 100 for line in lines[start + 1:start + 6])
 
 
 def test_results_json_schema(refused_run):
@@ -117,8 +118,8 @@ def test_compare_lists_differences_and_missing_cells(tmp_path):
     lines = []
     assert compare.main(str(pa), str(pb), out=lines.append) == 1
     assert lines[-1] == "3 of 4 case/target cells differ (2 missing on one side)"
-    assert any("pass q=2" in l and "FAIL q=4097" in l for l in lines)
-    assert any("(missing)" in l for l in lines)
+    assert any("pass q=2" in line and "FAIL q=4097" in line for line in lines)
+    assert any("(missing)" in line for line in lines)
     assert compare.main(str(pa), str(pb), exit_zero=True, out=lines.append) == 0
     assert compare.main(str(pa), str(pa), out=lines.append) == 0
     cli = subprocess.run([sys.executable, "-m", "conformance", "compare", str(pa), str(pb)], cwd=ROOT,
@@ -185,7 +186,7 @@ def test_unexpected_pass_fails_the_run_unless_updated(tmp_path):
 def test_broken_expectations_file_is_a_usage_error(tmp_path, content, message):
     exp = tmp_path / "exp.toml"
     exp.write_text(content)
-    with pytest.raises(expectations.ExpectationsError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(expectations.ExpectationsError, match=re.escape(message)):
         expectations.load(exp)
     code, _, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--expectations", str(exp))
     assert code == 4 and message in output
@@ -193,8 +194,8 @@ def test_broken_expectations_file_is_a_usage_error(tmp_path, content, message):
 
 def test_kernel_range_matching():
     d = expectations.Difference(0, "go", "test_x", "r", (), ">=6.5,<7")
-    assert d.matches("go", "test_x[v4-go]", "test_x", "v4", expectations.kernel_version("6.18.44-fc"))
-    assert not d.matches("go", "test_x[v4-go]", "test_x", "v4", "5.15.0")
+    assert d.matches("go", ("test_x[v4-go]", "test_x"), "v4", expectations.kernel_version("6.18.44-fc"))
+    assert not d.matches("go", ("test_x[v4-go]", "test_x"), "v4", "5.15.0")
     assert expectations.kernel_version("6.18.44-fc-v669") == "6.18.44"
 
 
@@ -241,3 +242,19 @@ def test_profiles_differ_only_where_the_behaviour_depends_on_them(tmp_path):
     assert {(case, target) for case, target, _, _ in rows} == {
         ("overflow_final_ack v4", t) for t in ("python", "c", "go")}
     assert all(a[1].startswith("dropped") and b[1] == "RST ECONNRESET" for _, _, a, b in rows)
+
+
+def test_a_failure_reads_as_a_sentence_with_readable_evidence(tmp_path):
+    """The matrix cell and the JSON give the case's sentence, not the exception class; the wire is
+    relative (times from the first frame, seq/ack from each ISN); socket tables print once, in ss form."""
+    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4", "--targets", "dev",
+                                       "--add-target", deviant("wrong-errno", "dev"), "--tb=short",
+                                       "--results-json", str(tmp_path / "r.json"))
+    assert code == 1, output
+    (rec,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert rec["verdict"] == "FAIL" and rec["reason"].startswith("expected err ECONNREFUSED, got dev:"), rec["reason"]
+    assert "refused v4 FAIL expected err ECONNR" in output, "the matrix cell gives the sentence"
+    assert re.search(r"^ 0\.000000 198\.51\.100\.1\.\d+ > 198\.51\.100\.2\.9 \[S\] seq 0 len 0$", output, re.M), output
+    assert re.search(r"198\.51\.100\.2\.9 > 198\.51\.100\.1\.\d+ \[RA\] seq 0 ack 1 len 0$", output, re.M), output
+    assert output.count("target socket table (ss -tuan)") == 1 and "SockInfo(" not in output
+    assert "icmp6 type 143" not in output, "link noise (multicast listener reports) is not the case's evidence"

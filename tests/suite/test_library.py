@@ -1,0 +1,83 @@
+"""The library (conformance/) stands without pytest; the plugin is registered the standard way."""
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from conformance import timing
+from conformance.capture import Segment, noise, relative
+
+from .helpers import ROOT, run_suite
+
+
+def test_the_library_imports_no_pytest():
+    for path in sorted((ROOT / "conformance").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not names & {"pytest", "_pytest", "pytest_tcp_conformance"}, f"{path.name} imports pytest"
+
+
+def test_no_case_imports_pyroute2_or_another_test_module():
+    for path in sorted((ROOT / "tests" / "cases").glob("test_*.py")):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import) pyroute2", text, re.M), f"{path.name} imports pyroute2"
+        assert not re.search(r"^\s*from \.(test_|\w)", text, re.M), f"{path.name} imports another test module"
+
+
+def test_readme_example_drives_a_case_from_plain_python():
+    """The README's plain-Python example runs as it is written (no pytest involved)."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"<!-- example: plain python -->\s*```python\n(.*?)```", readme, re.S)
+    assert example, "README.md lacks the plain-Python example"
+    proc = subprocess.run([sys.executable, "-c", example.group(1)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ECONNREFUSED" in proc.stdout and "[RA]" in proc.stdout, proc.stdout
+
+
+def test_plugin_entry_point_and_checkout_conftest_name_one_module():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entry = project["entry-points"]["pytest11"]
+    assert entry == {"pytest_tcp_conformance.plugin": "pytest_tcp_conformance.plugin"}
+    assert 'pytest_plugins = ["pytest_tcp_conformance.plugin"]' in (ROOT / "conftest.py").read_text()
+    assert not (ROOT / "fixtures" / "__init__.py").exists(), "`fixtures` is a PyPI package: not an installed name"
+
+
+@pytest.mark.parametrize("text", ["0.5", "0", "-1", "nan", "inf", "banana", ""])
+def test_bad_timing_slack(text):
+    with pytest.raises(ValueError, match="timing slack must be"):
+        timing.parse_slack(text)
+
+
+def test_timing_slack_scales_tolerances_and_waits():
+    before = timing.factor()
+    try:
+        timing.set_slack(3)
+        assert timing.slack(0.1) == pytest.approx(0.3)
+        calls = []
+        assert timing.wait_until(lambda: calls.append(1), 0.02, 0.005) is None
+        assert len(calls) >= 4, "a wait of 0.02 s at slack 3 polls for about 0.06 s"
+    finally:
+        timing.set_slack(before)
+
+
+def test_timing_slack_option_is_checked_before_any_namespace(tmp_path):
+    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--timing-slack", "nan")
+    assert code == 4 and "timing slack must be a finite number >= 1, got 'nan'" in output and not outcomes
+
+
+def test_wire_evidence_is_relative_and_leaves_out_link_noise():
+    segs = [Segment(5.0, "icmp6", "fe80::1", "ff02::16", icmp_type=143),
+            Segment(10.0, "tcp", "198.51.100.2", "198.51.100.1", 40000, 7878, "S", 3_000_000_000, 0),
+            Segment(10.0001, "tcp", "198.51.100.1", "198.51.100.2", 7878, 40000, "SA", 77, 3_000_000_001),
+            Segment(10.0002, "tcp", "198.51.100.2", "198.51.100.1", 40000, 7878, "PA", 3_000_000_001, 78, 18)]
+    lines = relative(s for s in segs if not noise(s))
+    assert lines == [
+        " 0.000000 198.51.100.2.40000 > 198.51.100.1.7878 [S] seq 0 len 0",
+        " 0.000100 198.51.100.1.7878 > 198.51.100.2.40000 [SA] seq 0 ack 1 len 0",
+        " 0.000200 198.51.100.2.40000 > 198.51.100.1.7878 [PA] seq 1 ack 1 len 18",
+    ]
