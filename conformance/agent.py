@@ -13,7 +13,7 @@ import re
 import select
 import signal
 import subprocess
-import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -131,7 +131,7 @@ class Reply:
         return f"proto {self.errno}" if self.status == "proto" else self.status
 
     def _extra(self) -> str:
-        parts = [f"{k}={v.hex() or '-' if isinstance(v, bytes) else v}" for k, v in self.fields.items()]
+        parts = [f"{k}={v.hex() or '-' if isinstance(v, bytes) else printable(str(v))}" for k, v in self.fields.items()]
         return (" (" + " ".join(parts) + ")") if parts else ""
 
     def __str__(self):
@@ -193,16 +193,17 @@ class Agent:
         self.deadline = DEFAULT_DEADLINE if deadline is None else deadline
         self.transcript: list[tuple[str, str]] = []  # (command, reply line) for the evidence
         self._buf = b""
-        self._stderr = tempfile.TemporaryFile(prefix="tcc-agent-")
+        self._stderr = StderrTail()
         full = (launcher or []) + argv
         try:
             self.proc = subprocess.Popen(
-                full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr.write_end,
                 env=env, close_fds=True,
             )
         except OSError as e:
             self._stderr.close()
             raise AgentError(name, " ".join(full), f"cannot start: {e}") from None
+        self._stderr.start()
         self.pid = self.proc.pid
         line = self._readline("(start)", self.deadline)
         words = line.split()
@@ -222,14 +223,8 @@ class Agent:
         return self.info.get("version", "")
 
     # -- low level -------------------------------------------------------
-    def _stderr_tail(self, limit: int = 2000) -> str:
-        try:
-            self._stderr.seek(0, os.SEEK_END)
-            size = self._stderr.tell()
-            self._stderr.seek(max(0, size - limit))
-            return self._stderr.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
+    def _stderr_tail(self) -> str:
+        return printable(self._stderr.tail())
 
     def _fail(self, command: str, reason: str):
         self.kill()
@@ -249,8 +244,9 @@ class Agent:
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
-                code = self.proc.wait()
-                self._fail(command, f"agent exited (status {code}) before replying")
+                code = self._reap()
+                self._fail(command, "agent closed its stdout before replying" if code is None
+                           else f"agent exited (status {code}) before replying")
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         if len(line) > MAX_REPLY:
@@ -268,8 +264,8 @@ class Agent:
             self.proc.stdin.write(command.encode("ascii") + b"\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
-            code = self.proc.wait()
-            self._fail(command, f"agent exited (status {code})")
+            code = self._reap()
+            self._fail(command, "agent closed its stdin" if code is None else f"agent exited (status {code})")
         return Pending(self, command, self.deadline if deadline is None else deadline)
 
     def receive(self, command: str, deadline: float, raw: bool = False) -> Reply:
@@ -379,34 +375,99 @@ class Agent:
         return data
 
     # -- lifetime ----------------------------------------------------------
+    def _reap(self, timeout: float = 1.0) -> int | None:
+        """The agent's exit status if it exits within timeout (bounded), else None (it is still running)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def kill(self):
         if self.proc.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.proc.wait()
+        self._reap(5.0)  # SIGKILL ends it at once unless the kernel holds it (uninterruptible I/O)
 
     def stop(self):
         """Ask the agent to quit, then make sure it is gone; close every pipe and file."""
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.close()  # EOF: the agent exits
-                self.proc.wait(timeout=1)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 pass
+            self._reap(1.0)
         self.kill()
-        for f in (self.proc.stdout, self.proc.stdin, self._stderr):
+        for f in (self.proc.stdout, self.proc.stdin):
             try:
                 f.close()
             except OSError:
                 pass
+        self._stderr.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class StderrTail:
+    """An agent's stderr, drained by a thread of ours into a bounded tail (a flooding agent
+    cannot fill memory or disk): the last LIMIT bytes are kept."""
+
+    LIMIT = 8192
+
+    def __init__(self):
+        self._read, self.write_end = os.pipe()
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def start(self):
+        os.close(self.write_end)  # the agent holds the only write end now: its exit is our EOF
+        self.write_end = -1
+        self._thread = threading.Thread(target=self._drain, name="agent-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self):
+        fd = self._read
+        try:
+            while chunk := os.read(fd, 65536):  # ends at EOF: every holder of the write end is gone
+                with self._lock:
+                    self._buf += chunk
+                    del self._buf[: -self.LIMIT]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def tail(self, limit: int = 2000) -> str:
+        if self._thread is not None:
+            self._thread.join(timeout=0.2)  # what the agent wrote just before it died
+        with self._lock:
+            return bytes(self._buf[-limit:]).decode("utf-8", "replace")
+
+    def close(self):
+        """After the agent is gone: the drain thread reads to EOF and closes its end (bounded wait)."""
+        if self.write_end >= 0:  # never started (the agent did not start)
+            os.close(self.write_end)
+            self.write_end = -1
+        if self._thread is None:
+            if self._read >= 0:
+                os.close(self._read)
+        else:
+            self._thread.join(timeout=1.0)
+        self._read = -1
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from an agent, safe for a terminal and XML: control characters as \\xNN escapes."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Pending:

@@ -1,0 +1,68 @@
+"""Agents are untrusted programs: whatever they print or do, the harness stays bounded."""
+import sys
+import time
+
+import pytest
+
+from conformance.agent import Agent, AgentError, StderrTail
+
+READY = "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\n"
+HOSTILE = {
+    # closes its stdout but keeps running: the harness must not wait on it forever
+    "closes-stdout": READY + "import os, sys, time\nsys.stdin.readline()\nos.close(1)\ntime.sleep(60)",
+    # closes its stdin (it will never read a command) and keeps running
+    "closes-stdin": READY + "import os, time\nos.close(0)\ntime.sleep(60)",
+    # floods stderr without end
+    "floods-stderr": READY + "import sys\nsys.stdin.readline()\nwhile True:\n    sys.stderr.write('x' * 65536)",
+    # escape sequences in a reply's message and on stderr
+    "escapes": READY + "import sys, time\nsys.stdin.readline()\nsys.stderr.write('\\x1b[2J\\x1b]0;pwned\\x07')\n"
+                       "sys.stderr.flush()\nprint('unsupported 1 msg=%1B%5B31mred%07', flush=True)\ntime.sleep(60)",
+}
+
+
+def start(tmp_path, kind, deadline=1.0):
+    script = tmp_path / f"{kind}.py"
+    script.write_text(HOSTILE[kind])
+    return Agent(kind, [sys.executable, str(script)], deadline=deadline)
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("closes-stdout", "agent closed its stdout before replying"),
+    ("closes-stdin", "agent closed its stdin"),
+])
+def test_an_agent_that_closes_a_pipe_and_lives_on_is_killed_in_bounded_time(tmp_path, kind, reason):
+    agent = start(tmp_path, kind)
+    began = time.monotonic()
+    try:
+        with pytest.raises(AgentError, match=reason):
+            for _ in range(3):  # closes-stdin: the pipe may take a write or two to break
+                agent.call("socket tcp inet")
+                time.sleep(0.1)
+        assert agent.proc.poll() is not None, "the agent must be killed"
+    finally:
+        agent.stop()
+    assert time.monotonic() - began < 10, "the harness waited on the agent without a bound"
+
+
+def test_a_flooding_stderr_is_kept_as_a_bounded_tail(tmp_path):
+    agent = start(tmp_path, "floods-stderr", deadline=0.5)
+    try:
+        agent.submit("socket tcp inet")
+        time.sleep(0.5)  # megabytes a second
+        with pytest.raises(AgentError, match="no reply within"):
+            agent.receive("socket tcp inet", 0.2)
+        assert len(agent._stderr._buf) <= StderrTail.LIMIT
+        assert agent._stderr.tail().endswith("x" * 100)
+    finally:
+        agent.stop()
+
+
+def test_control_characters_from_an_agent_are_escaped(tmp_path):
+    agent = start(tmp_path, "escapes")
+    try:
+        reply = agent.call("socket tcp inet")
+        assert "\x1b" not in str(reply) and "\\x1b[31mred\\x07" in str(reply)
+        time.sleep(0.2)
+        assert "\x1b" not in agent._stderr_tail() and "\\x1b]0;pwned\\x07" in agent._stderr_tail()
+    finally:
+        agent.stop()
