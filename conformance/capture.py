@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import dpkt
 
+from . import outputs
 from .timing import wait_until
 
 ETH_P_ALL = 0x0003
@@ -187,9 +188,10 @@ class Capture:
         return fin, ack
 
     def write_pcap(self, path: str) -> None:
+        """Write the frames as a pcap file (never through a symlink: conformance.outputs.open_new)."""
         with self._lock:
             frames = list(self.frames)
-        with open(path, "wb") as f:
+        with outputs.open_new(path) as f:
             writer = dpkt.pcap.Writer(f, nano=True)
             for ts, frame in frames:
                 writer.writepkt(frame, ts=ts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import os
 
+from . import outputs
 from .matrix import cell_text
 
 STYLE = """
@@ -88,6 +89,4 @@ created {_e(doc.get('created'))}. Click a cell for its evidence.</p>
 
 
 def write(path: str, doc: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(render(doc, path))
+    outputs.write_atomically(path, render(doc, path))

@@ -6,9 +6,10 @@ three always agree. The JSON schema is documented in docs/results-schema.md.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
+
+from . import outputs
 
 SCHEMA = "tcp-conformance-results"
 VERSION = 1
@@ -103,12 +104,7 @@ def document(records: list[dict], *, profile: str, sysctls: dict, kernel: str, k
 
 
 def write_json(path: str, doc: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    outputs.write_json(path, doc)
 
 
 def load_json(path: str) -> dict:

@@ -19,9 +19,12 @@ class Reporter:
         self.reports: list = []
         self.records: list[dict] = []
         self.stale: list = []
+        self.output_errors: list[str] = []  # writes that failed (disk full...): said once, at the end
 
     def pytest_runtest_logreport(self, report):
         self.reports.append(report)
+        if getattr(report, "tcc_output_error", None):
+            self.output_errors.append(report.tcc_output_error)
 
     def pytest_sessionfinish(self, session):
         self.run.swept += sweep()  # namespaces of xdist workers that were killed during this run
@@ -31,10 +34,12 @@ class Reporter:
             self.records, profile=opt("--profile"), sysctls=run.sysctls, kernel=run.kernel,
             kernel_version=expect_mod.kernel_version(run.kernel), targets=list(run.targets),
         )
-        if opt("--results-json"):
-            results.write_json(opt("--results-json"), doc)
-        if opt("--html"):
-            html.write(opt("--html"), doc)
+        for name, write in (("--results-json", results.write_json), ("--html", html.write)):
+            if opt(name):
+                try:
+                    write(opt(name), doc)
+                except OSError as e:
+                    self.output_errors.append(f"{name} {opt(name)}: {e.strerror or e}")
         self._stale_expectations()
 
     def _stale_expectations(self):
@@ -70,5 +75,9 @@ class Reporter:
             write(f"pcap files: {run.pcap_dir}"
                   + ("" if kept else " (none kept: only failed cases keep theirs; --keep-pcaps keeps all)"))
         for name in ("--results-json", "--html"):
-            if opt(name):
+            if opt(name) and not any(e.startswith(name) for e in self.output_errors):
                 write(f"{name[2:]}: {opt(name)}")
+        if self.output_errors:
+            more = f" (and {len(self.output_errors) - 1} more)" if len(self.output_errors) > 1 else ""
+            terminalreporter.write_line(f"could not write {self.output_errors[0]}{more}; every verdict above stands",
+                                        red=True)
