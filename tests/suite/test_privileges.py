@@ -11,10 +11,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from .helpers import ROOT
 
