@@ -102,7 +102,7 @@ class Net:
             if docker is not None:
                 # The container first: its agent is ready before its namespace joins the topology.
                 self._container = f"{new_base()}c"
-                self.agents.append(Agent(target.name, docker.argv(target.name, self._container),
+                self.agents.append(Agent(target.name, docker.argv(target, self._container),
                                          deadline=agent_deadline))
                 target_pid = docker.pid(self._container)
             self.topo = Topology(target_sysctls, target_pid)

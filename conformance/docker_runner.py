@@ -1,10 +1,11 @@
 """The Docker runner: a target's agent in a container with no network of its own,
 wired into the case's topology, so every case runs unchanged.
 
-- Images are built locally, never pulled: the C and Go agents as static
-  binaries in FROM scratch images; the Python agent on a Debian base the suite
-  builds with debootstrap (from the machine's own apt source) and `docker import`.
-  Every image is tagged by the content it was built from, so it is built once.
+- Images are built locally, never pulled, each from its target's image recipe
+  (conformance.targets.ImageRecipe): files on an empty base (static binaries in
+  FROM scratch) or on a Debian base with python3 the suite builds with debootstrap
+  (from the machine's own apt source) and `docker import`. Every image is tagged
+  by the content it was built from, so it is built once.
 - The container starts with `--network none`; its network namespace is bound
   under /run/netns (pyroute2's netns.attach) and the topology puts the veth end,
   the addresses and the sysctls there, as it does for a namespace of its own.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -24,7 +26,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .targets import TARGETS_DIR, BuildError, build_c, build_go, cache_dir, find_tool
+from .targets import BuildError, ImageRecipe, Target, builtin_targets, cache_dir, find_tool
 
 OWNER_LABEL = "tcc.owner"
 SUITE_LABEL = "tcc.suite"
@@ -73,20 +75,39 @@ class DockerRunner:
         return self._client
 
     # -- images ------------------------------------------------------------
-    def image(self, name: str) -> str:
-        """The image id of target `name`'s agent, built if missing (once: pytest-xdist workers wait on a lock)."""
-        if name not in self._images:
+    def image(self, target: Target | str) -> str:
+        """The image id of target's agent (a Target, or a built-in's name), built from its image recipe
+        if missing (once: pytest-xdist workers wait on a lock)."""
+        target = self._target(target)
+        if target.name not in self._images:
             with open(cache_dir() / "docker-images.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                self._images[name] = self._image(name)
-        return self._images[name]
+                self._images[target.name] = self._image(target.name, target.image)
+        return self._images[target.name]
 
-    def _image(self, name: str) -> str:
-        if name in ("c", "go"):
-            return self._scratch_image(name, build_c(static=True) if name == "c" else build_go())
-        if name == "python":
-            return self._python_image()
-        raise DockerUnavailable(f"target {name} has no image: only built-in targets run under --runner docker")
+    @staticmethod
+    def _target(target: Target | str) -> Target:
+        builtins = builtin_targets()
+        found = target if isinstance(target, Target) else builtins.get(target) or Target(target)
+        if found.image is None:
+            having = ", ".join(t.name for t in builtins.values() if t.image is not None)
+            raise DockerUnavailable(f"target {found.name} has no image recipe: only targets with one "
+                                    f"({having}) run under --runner docker")
+        return found
+
+    def _image(self, name: str, recipe: ImageRecipe) -> str:
+        bases = {"scratch": lambda: "scratch", "debian-python": self._debian_python}
+        if recipe.base not in bases:
+            raise BuildError(f"target {name}: unknown image base {recipe.base!r} (known: {', '.join(bases)})")
+        base = bases[recipe.base]()
+        files = {fname: (src.read_bytes(), mode) for fname, (src, mode) in recipe.files().items()}
+        h = hashlib.sha256(base.encode() + b"\0" + json.dumps(recipe.entrypoint).encode() + b"\0")
+        for fname, (data, mode) in sorted(files.items()):
+            h.update(f"{fname}\0{mode:o}\0".encode() + data + b"\0")
+        tag = f"tcc-agent-{name}:{h.hexdigest()[:16]}"
+        dockerfile = "".join([f"FROM {base}\n", *(f"COPY {fname} /{fname}\n" for fname in files),
+                              f"ENTRYPOINT {json.dumps(list(recipe.entrypoint))}\n"])
+        return self._find(tag) or self._build(tag, dockerfile, files)
 
     def _find(self, tag: str) -> str | None:
         import docker
@@ -108,20 +129,6 @@ class DockerRunner:
         image, _ = self.client().images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, pull=False,
                                               labels={SUITE_LABEL: "agent"})
         return image.id
-
-    def _scratch_image(self, name: str, binary: Path) -> str:
-        data = binary.read_bytes()
-        tag = f"tcc-agent-{name}:{hashlib.sha256(data).hexdigest()[:16]}"
-        return self._find(tag) or self._build(
-            tag, 'FROM scratch\nCOPY agent /agent\nENTRYPOINT ["/agent"]\n', {"agent": (data, 0o755)})
-
-    def _python_image(self) -> str:
-        base = self._debian_python()
-        agent = (TARGETS_DIR / "python" / "agent.py").read_bytes()
-        tag = f"tcc-agent-python:{hashlib.sha256(agent + base.encode()).hexdigest()[:16]}"
-        return self._find(tag) or self._build(
-            tag, f'FROM {base}\nCOPY agent.py /agent.py\nENTRYPOINT ["python3", "-I", "-S", "/agent.py"]\n',
-            {"agent.py": (agent, 0o644)})
 
     def _debian_python(self) -> str:
         """A Debian root filesystem with python3 (debootstrap, then docker import), cached by its recipe."""
@@ -151,9 +158,9 @@ class DockerRunner:
         return tag
 
     # -- containers --------------------------------------------------------
-    def argv(self, name: str, container: str) -> list[str]:
-        """The command that runs target `name`'s agent in a new container named `container`."""
-        image = self.image(name)
+    def argv(self, target: Target | str, container: str) -> list[str]:
+        """The command that runs target's agent (a Target, or a built-in's name) in a new container `container`."""
+        image = self.image(target)
         docker = shutil.which("docker")
         if docker is None:
             raise DockerUnavailable("the docker command line is not installed (Debian: apt-get install docker.io)")

@@ -30,7 +30,27 @@ def parse_sysctl(spec: str) -> tuple[str, str]:
     # file exists (read-only) catches a typo before any namespace is made.
     if not os.path.exists(path):
         raise ValueError(f"--sysctl {spec!r}: unknown sysctl {key} on this kernel")
+    check_value(key, value, path, f"--sysctl {spec!r}")
     return key, value
+
+
+def check_value(key: str, value: str, path: str, where: str) -> None:
+    """A value the kernel will take: where the host's value is numbers, as many numbers (the kernel's
+    EINVAL would otherwise come from every case, naming nothing)."""
+    try:
+        with open(path) as f:
+            current = f.read().split()
+    except OSError:
+        return
+    given = value.split()
+    if current and all(_integer(w) for w in current):
+        if len(given) != len(current) or not all(_integer(w) for w in given):
+            example = " ".join(current)
+            raise ValueError(f"{where}: {key} takes {len(current)} integer(s), like {example!r}; got {value!r}")
+
+
+def _integer(word: str) -> bool:
+    return word.lstrip("-").isdigit()
 
 
 def stack_config(profile: str, sysctls: list[str]) -> dict[str, str]:

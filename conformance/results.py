@@ -108,10 +108,27 @@ def write_json(path: str, doc: dict) -> None:
 
 
 def load_json(path: str) -> dict:
-    with open(path) as f:
-        doc = json.load(f)
+    """A results file, checked for the shape compare relies on; ValueError names the file and field."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a results file") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: a results file is a JSON object, this is a {type(doc).__name__}")
     if doc.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a results file of this suite (schema {doc.get('schema')!r})")
     if doc.get("version") != VERSION:
         raise ValueError(f"{path}: results schema version {doc.get('version')}, this suite reads {VERSION}")
+    for field, kind in (("results", list), ("targets", dict), ("sysctls", dict)):
+        if not isinstance(doc.get(field), kind):
+            raise ValueError(f"{path}: field `{field}` must be a {kind.__name__}, is {type(doc.get(field)).__name__}")
+    for i, rec in enumerate(doc["results"]):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: results[{i}] must be an object, is {type(rec).__name__}")
+        for field in ("case", "target", "verdict", "key"):
+            if not isinstance(rec.get(field), str):
+                raise ValueError(f"{path}: results[{i}].{field} must be a string, is {type(rec.get(field)).__name__}")
     return doc

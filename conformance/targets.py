@@ -1,4 +1,9 @@
-"""The targets: built-in agents (python, c, go) and agents added with --add-target.
+"""The targets: built-in agents and agents added with --add-target.
+
+The built-in targets are the records of builtin_targets() and nothing else names
+them: each record owns how to get its agent's argv (a command, or a build) and
+how to make its container image for the Docker runner (an ImageRecipe). BUILTIN,
+the CLI's default and the CI matrix all derive from those records.
 
 C and Go agents are built on demand into a cache keyed by the content of their
 sources and the compiler's version, so a rebuild happens only when something
@@ -14,13 +19,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = ROOT / "targets"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
-BUILTIN = ("python", "c", "go")
 
 
 class BuildError(Exception):
@@ -111,29 +116,68 @@ def build_go() -> Path:
     )
 
 
+@dataclass(frozen=True)
+class ImageRecipe:
+    """How to make a target's container image (conformance.docker_runner builds it, never pulls).
+
+    base: "scratch" (an empty image: the agent is a static binary) or "debian-python" (a Debian
+    root filesystem with python3, which the Docker runner makes with debootstrap).
+    files: called when the image is needed (it may build): {name: (file on the host, mode)},
+    each copied to /name in the image.
+    entrypoint: the agent's argv inside the image.
+    """
+
+    base: str
+    files: Callable[[], dict[str, tuple[Path, int]]]
+    entrypoint: tuple[str, ...]
+
+
+def static_binary_image(build: Callable[[], Path]) -> ImageRecipe:
+    """A static binary as /agent in FROM scratch."""
+    return ImageRecipe("scratch", lambda: {"agent": (build(), 0o755)}, ("/agent",))
+
+
 @dataclass
 class Target:
-    """A target: a name and how to get the argv of its agent."""
+    """A target: a name, how to get the argv of its agent, and how to make its container image.
+
+    command: the agent's argv, for a target that needs no build (and for --add-target).
+    build: a callable returning the agent's binary (built on demand, cached), instead of a command.
+    image: its ImageRecipe for --runner docker; None: it cannot run under the Docker runner.
+    """
 
     name: str
     command: list[str] = field(default_factory=list)
-    builder: object = None  # callable returning a binary path, for built-ins that need a build
+    build: Callable[[], Path] | None = None
+    image: ImageRecipe | None = None
     builtin: bool = False
 
     def argv(self) -> list[str]:
-        if self.builder is not None:
-            return [str(self.builder())]
+        if self.build is not None:
+            return [str(self.build())]
         return list(self.command)
 
 
+# -I -S: an isolated interpreter without site: starts fast, stdlib only.
+PYTHON_FLAGS = ("-I", "-S")
+
+
 def builtin_targets() -> dict[str, Target]:
-    return {
-        # -I -S: an isolated interpreter without site: starts fast, stdlib only.
-        "python": Target("python", [sys.executable, "-I", "-S", str(TARGETS_DIR / "python" / "agent.py")],
-                         builtin=True),
-        "c": Target("c", builder=build_c, builtin=True),
-        "go": Target("go", builder=build_go, builtin=True),
-    }
+    """The built-in targets, in their default order: the one place that names them."""
+    python_agent = TARGETS_DIR / "python" / "agent.py"
+    records = [
+        Target("python", [sys.executable, *PYTHON_FLAGS, str(python_agent)],
+               image=ImageRecipe("debian-python", lambda: {"agent.py": (python_agent, 0o644)},
+                                 ("python3", *PYTHON_FLAGS, "/agent.py"))),
+        Target("c", build=build_c, image=static_binary_image(lambda: build_c(static=True))),
+        Target("go", build=build_go, image=static_binary_image(build_go)),  # CGO_ENABLED=0: static
+    ]
+    for target in records:
+        target.builtin = True
+    return {t.name: t for t in records}
+
+
+BUILTIN = tuple(builtin_targets())
 
 
 def parse_add_target(spec: str) -> Target:

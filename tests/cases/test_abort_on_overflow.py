@@ -1,6 +1,6 @@
 """tcp_abort_on_overflow: a final ACK that meets a full accept queue is reset (1) or dropped (0).
 
-Seed 003: "服务器没有及时调用accept函数取走完成连接的队列怎么办? ... 当TCP连接队列满了之后
+Seed 003 (docs/seeds.md): "服务器没有及时调用accept函数取走完成连接的队列怎么办? ... 当TCP连接队列满了之后
 Linux并不会书中所说的拒绝连接,只是会延时连接". The delay is the default
 (net.ipv4.tcp_abort_on_overflow=0, which governs IPv6 too); with 1 the kernel
 refuses, but only in one place: when the client's final ACK completes a
@@ -30,18 +30,15 @@ After either, the target's accept() hands over exactly the two queued
 connections; a third accept() times out (the raced one is not in the queue).
 """
 import socket
-import time
 from dataclasses import dataclass
-
-import pytest
 
 from conformance import shaping
 from conformance.capture import tcp
-from conformance.case import connected
+from conformance.case import PORT, connected, peer_recv_outcome
 
-PORT = 7878
 BACKLOG = 1  # the accept queue holds BACKLOG + 1 = 2
 HOLD = 0.3  # s: how long the target's SYN-ACKs (and then its answer to the raced ACK) wait in its egress
+COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.EmbryonicRsts")
 
 
 @dataclass
@@ -55,79 +52,8 @@ class Race:
     late_syn: object
     late_synack: object
     late_ack: object
-    before: dict  # the target's counters before the race
+    before: dict  # the target's COUNTERS before the race
     holds: tuple
-
-
-def race(net, agent, family, abort: int | None) -> Race:
-    """abort: set tcp_abort_on_overflow to it; None keeps the value in force (the run's stack profile)."""
-    server = net.target.addr(family)
-    if abort is not None:
-        assert net.target.sysctl("net.ipv4.tcp_abort_on_overflow", str(abort)) == str(abort)
-    shaping.install(net.target)
-    ls = agent.socket("tcp", family).h
-    agent.bind(ls, server, PORT).check()
-    agent.listen(ls, BACKLOG).check()
-
-    # One connection waits in the queue (it has room for one more).
-    queued = net.peer_connect(family, server, PORT)
-    assert connected(queued, 2.0) == 0, "the first connection did not complete without accept()"
-    assert net.wait_state(net.target, "LISTEN", sport=PORT, rqueue=1), \
-        f"the accept queue does not hold the first connection: {net.sockets(net.target, state='LISTEN')}"
-    before = net.target.counters()
-
-    # Two more, back to back, while the target's SYN-ACKs are held in its egress.
-    hold1 = shaping.hold(net, net.target, HOLD)
-    early = net.peer_connect(family, server, PORT)
-    late = net.peer_connect(family, server, PORT)
-    early_port, late_port = early.getsockname()[1], late.getsockname()[1]
-    for port in (early_port, late_port):
-        assert net.wait_state(net.target, "SYN_RECV", sport=PORT, dport=port), \
-            f"the SYN from port {port} was not answered while the queue had room: {net.sockets(net.target)}"
-    hold2 = shaping.hold(net, net.target, HOLD)  # what the target sends after the SYN-ACKs waits again
-
-    # Both clients complete their handshake: connect() succeeds for both.
-    assert connected(early, 2.0) == 0, "the first racer's connect() did not succeed"
-    assert connected(late, 2.0) == 0, "the second racer's connect() did not succeed"
-    assert net.wait_state(net.peer, "ESTABLISHED", sport=late_port, dport=PORT), \
-        "the second racer's client is not ESTABLISHED after its connect() succeeded"
-
-    # Wire: the race happened as built: the second SYN arrived before the first SYN-ACK left.
-    late_syn = net.wire.expect(tcp(sport=late_port, flags="S"), "the second racer's SYN")
-    early_synack = net.wire.expect(tcp(dport=early_port, flags="SA"), "the first racer's SYN-ACK")
-    late_synack = net.wire.expect(tcp(dport=late_port, flags="SA", ack=late_syn.seq + 1), "the second racer's SYN-ACK")
-    late_ack = net.wire.expect(tcp(sport=late_port, flags="A", ack=late_synack.seq + 1),
-                               "the second racer's final ACK")
-    early_ack = net.wire.expect(tcp(sport=early_port, flags="A"), "the first racer's final ACK")
-    assert late_syn.time < early_synack.time, \
-        f"construction: the second SYN ({late_syn}) came after the first SYN-ACK ({early_synack}); hold {hold1}"
-    assert early_ack.time <= late_ack.time, "construction: the first racer's ACK did not arrive first"
-    assert net.wait_state(net.target, "LISTEN", sport=PORT, rqueue=BACKLOG + 1), \
-        f"the accept queue is not full after the first racer's ACK: {net.sockets(net.target, state='LISTEN')}"
-    return Race(ls, queued.getsockname()[1], early, late, early_port, late_port,
-                late_syn, late_synack, late_ack, before, (hold1, hold2))
-
-
-def wait_counter(host, key: str, at_least: int, base: dict, timeout: float = 1.0) -> int:
-    """Wait (bounded) until host's counter key has risen by at_least since base; return the rise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rise = host.counters()[key] - base[key]
-        if rise >= at_least or time.monotonic() >= deadline:
-            return rise
-        time.sleep(0.01)
-
-
-def accept_all(agent, r: Race):
-    """The target's accept(): the two queued connections, then a timeout. Returns (ports, the third reply)."""
-    got = [agent.accept(r.ls, 1.0).check() for _ in range(BACKLOG + 1)]
-    ports = sorted(int(a["port"]) for a in got)
-    assert ports == sorted([r.queued_port, r.early_port]), \
-        f"accept() returned ports {ports}, the queued connections are {sorted([r.queued_port, r.early_port])}"
-    third = agent.accept(r.ls, 0.2)
-    assert third.errno == "timeout", \
-        f"a third accept() must time out (port {r.late_port} never entered the queue), got {third}"
-    return ports, third
 
 
 def test_abort_on_overflow_rst(net, agent, family, record):
@@ -150,68 +76,122 @@ def test_overflow_final_ack(net, agent, family, record):
     (check_reset if setting == "1" else check_dropped)(net, agent, r, record)
 
 
+def race(net, agent, family, abort: int | None) -> Race:
+    """abort: set tcp_abort_on_overflow to it; None keeps the value in force (the run's stack profile)."""
+    server = net.target.addr(family)
+    if abort is not None:
+        assert net.target.sysctl("net.ipv4.tcp_abort_on_overflow", str(abort)) == str(abort)
+    shaping.install(net.target)
+    ls = agent.listener(server, PORT, BACKLOG)
+
+    # One connection waits in the queue (it has room for one more).
+    queued = net.peer_connect(family, server, PORT)
+    assert connected(queued) == 0, "the first connection did not complete without accept()"
+    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=1), \
+        "the accept queue does not hold the first connection: the listener must leave it there until accept()"
+    before = net.target.counters(*COUNTERS)
+
+    # Two more, back to back, while the target's SYN-ACKs are held in its egress.
+    hold1 = shaping.hold(net, net.target, HOLD)
+    early = net.peer_connect(family, server, PORT)
+    late = net.peer_connect(family, server, PORT)
+    early_port, late_port = early.getsockname()[1], late.getsockname()[1]
+    for port in (early_port, late_port):
+        assert net.target.wait_state("SYN_RECV", sport=PORT, dport=port), \
+            f"the SYN from port {port} was not answered while the queue had room"
+    hold2 = shaping.hold(net, net.target, HOLD)  # what the target sends after the SYN-ACKs waits again
+
+    # Both clients complete their handshake: connect() succeeds for both.
+    assert connected(early) == 0, "the first racer's connect() did not succeed"
+    assert connected(late) == 0, "the second racer's connect() did not succeed"
+    assert net.peer.wait_state("ESTABLISHED", sport=late_port, dport=PORT), \
+        "the second racer's client is not ESTABLISHED after its connect() succeeded"
+
+    # Wire: the race happened as built: the second SYN arrived before the first SYN-ACK left.
+    late_syn = net.wire.expect(tcp(sport=late_port, flags="S"), "the second racer's SYN")
+    early_synack = net.wire.expect(tcp(dport=early_port, flags="SA"), "the first racer's SYN-ACK")
+    late_synack = net.wire.expect(tcp(dport=late_port, flags="SA", ack=late_syn.seq + 1), "the second racer's SYN-ACK")
+    late_ack = net.wire.expect(tcp(sport=late_port, flags="A", ack=late_synack.seq + 1),
+                               "the second racer's final ACK")
+    early_ack = net.wire.expect(tcp(sport=early_port, flags="A"), "the first racer's final ACK")
+    assert late_syn.time < early_synack.time, \
+        f"construction: the second SYN ({late_syn}) came after the first SYN-ACK ({early_synack}); hold {hold1}"
+    assert early_ack.time <= late_ack.time, "construction: the first racer's ACK did not arrive first"
+    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=BACKLOG + 1), \
+        "the accept queue is not full after the first racer's ACK"
+    return Race(ls, queued.getsockname()[1], early, late, early_port, late_port,
+                late_syn, late_synack, late_ack, before, (hold1, hold2))
+
+
 def check_reset(net, agent, r: Race, record):
+    record("holds", "; ".join(map(str, r.holds)))
     # Wire: an RST answers the final ACK that met the full queue, with the SYN-ACK's seq + 1.
     rst = net.wire.expect(tcp(dport=r.late_port, has="R"), "an RST answering the ACK that met a full queue",
                           timeout=2.0)
+    record("rst", str(rst))
     assert rst.flags == "R" and rst.seq == (r.late_synack.seq + 1) % 2**32, \
         f"the RST must carry the SYN-ACK's seq + 1 ({r.late_synack.seq + 1}): {rst}"
     assert rst.time >= r.late_ack.time, "the RST came before the final ACK"
     assert not net.wire.tcp(dport=r.early_port, has="R"), "the connection that fit in the queue was reset"
 
     # API (client): connect() succeeded; the first recv() fails with ECONNRESET.
-    r.late.setblocking(True)
-    r.late.settimeout(2.0)
-    with pytest.raises(ConnectionResetError, match="reset"):
-        r.late.recv(100)
+    client_recv = peer_recv_outcome(r.late)
+    record("client_recv", client_recv)
+    record.key(f"RST {client_recv}")
+    assert client_recv == "ECONNRESET", f"the client's first recv() must fail with ECONNRESET, got {client_recv}"
 
     # Kernel: the server dropped the request and counted both the overflow and the reset.
-    assert not net.sockets(net.target, dport=r.late_port), \
-        f"the server still has the reset connection: {net.sockets(net.target, dport=r.late_port)}"
-    overflows = wait_counter(net.target, "TcpExt.ListenOverflows", 1, r.before)
-    resets = wait_counter(net.target, "TcpExt.EmbryonicRsts", 1, r.before)
+    assert not net.target.sockets(dport=r.late_port), "the server still has the reset connection"
+    overflows = net.target.wait_rise(r.before, "TcpExt.ListenOverflows", 1)
+    resets = net.target.wait_rise(r.before, "TcpExt.EmbryonicRsts", 1)
+    record("listen_overflows", overflows)
+    record("embryonic_rsts", resets)
     assert overflows >= 1, "TcpExt.ListenOverflows did not rise"
     assert resets >= 1, "TcpExt.EmbryonicRsts did not rise"
 
-    ports, third = accept_all(agent, r)
-    record("holds", "; ".join(map(str, r.holds)))
-    record("rst", str(rst))
-    record("listen_overflows", overflows)
-    record("embryonic_rsts", resets)
-    record("accepted_ports", ports)
-    record("third_accept", third.errno)
-    record.key("RST ECONNRESET")
+    accept_all(agent, r, record)
 
 
 def check_dropped(net, agent, r: Race, record):
+    record("holds", "; ".join(map(str, r.holds)))
     # Wire: no RST; the server retransmits the SYN-ACK (same seq) and the client ACKs it again.
     synacks = net.wire.wait_for(tcp(dport=r.late_port, flags="SA"), timeout=3.0, count=2)
+    record("synacks", len(synacks))
     assert len(synacks) >= 2, "the server did not retransmit the SYN-ACK after dropping the final ACK"
-    assert synacks[1].seq == synacks[0].seq, f"the retransmitted SYN-ACK has another seq: {synacks[1]}"
     retrans_ms = (synacks[1].time - r.late_syn.time) * 1000  # the request's timer runs from the SYN
+    record("syn_to_synack_retransmit_ms", f"{retrans_ms:.0f}")
+    record.key("dropped, SA again", f"{retrans_ms / 1000:.1f}s")
+    assert synacks[1].seq == synacks[0].seq, f"the retransmitted SYN-ACK has another seq: {synacks[1]}"
     net.wire.expect(lambda s: s.proto == "tcp" and s.sport == r.late_port and s.flags == "A"
                     and s.time > synacks[1].time, "the client's ACK of the retransmitted SYN-ACK")
     assert not net.wire.tcp(dport=r.late_port, has="R"), "an RST answered the ACK: tcp_abort_on_overflow=0 drops it"
     assert not net.wire.tcp(sport=r.late_port, has="R"), "the client reset the connection"
 
     # Kernel: the client is ESTABLISHED with no error; the server has only the request (not in the queue).
-    assert net.wait_state(net.peer, "ESTABLISHED", sport=r.late_port, dport=PORT), "the client is not ESTABLISHED"
+    assert net.peer.wait_state("ESTABLISHED", sport=r.late_port, dport=PORT), "the client is not ESTABLISHED"
     assert r.late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, "the client has a pending error"
-    assert net.wait_state(net.target, "SYN_RECV", sport=PORT, dport=r.late_port), \
-        f"the server does not keep the request in SYN_RECV: {net.sockets(net.target, dport=r.late_port)}"
-    assert not net.sockets(net.target, state="ESTABLISHED", dport=r.late_port), \
+    assert net.target.wait_state("SYN_RECV", sport=PORT, dport=r.late_port), \
+        "the server does not keep the request in SYN_RECV"
+    assert not net.target.sockets("ESTABLISHED", dport=r.late_port), \
         "the server has an ESTABLISHED socket for the connection whose ACK met a full queue"
-    assert net.wait_state(net.target, "LISTEN", sport=PORT, rqueue=BACKLOG + 1), "the accept queue is not full"
-    overflows = wait_counter(net.target, "TcpExt.ListenOverflows", 2, r.before)
+    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=BACKLOG + 1), "the accept queue is not full"
+    overflows = net.target.wait_rise(r.before, "TcpExt.ListenOverflows", 2)
+    resets = net.target.rise(r.before)["TcpExt.EmbryonicRsts"]
+    record("listen_overflows", overflows)
     assert overflows >= 2, \
         f"TcpExt.ListenOverflows rose by {overflows}: both ACKs (first, and after the retransmission) must count"
-    resets = net.target.counters()["TcpExt.EmbryonicRsts"] - r.before["TcpExt.EmbryonicRsts"]
     assert resets == 0, f"TcpExt.EmbryonicRsts rose by {resets}"
 
-    ports, third = accept_all(agent, r)
-    record("holds", "; ".join(map(str, r.holds)))
-    record("syn_to_synack_retransmit_ms", f"{retrans_ms:.0f}")
-    record("listen_overflows", overflows)
+    accept_all(agent, r, record)
+
+
+def accept_all(agent, r: Race, record):
+    """The target's accept(): the two queued connections, then a timeout (the raced one is not in the queue)."""
+    ports = sorted(agent.accept(r.ls, 1.0).check("accept a queued connection").port for _ in range(BACKLOG + 1))
+    third = agent.accept(r.ls, 0.2)
     record("accepted_ports", ports)
-    record("third_accept", third.errno)
-    record.key("dropped, SA again", f"{retrans_ms / 1000:.1f}s")
+    record("third_accept", third.outcome)
+    assert ports == sorted([r.queued_port, r.early_port]), \
+        f"accept() returned ports {ports}, the queued connections are {sorted([r.queued_port, r.early_port])}"
+    assert third.errno == "timeout", \
+        f"a third accept() must time out (port {r.late_port} never entered the queue), got {third}"

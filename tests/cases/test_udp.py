@@ -1,6 +1,6 @@
 """UDP, the contrast: no connection, no handshake; a closed port answers with ICMP, not an RST.
 
-Seed 004: "而作为无连接的UDP协议,则不需要上述三个函数" — UDP needs none of listen(),
+Seed 004 (docs/seeds.md): "而作为无连接的UDP协议,则不需要上述三个函数" — UDP needs none of listen(),
 accept() and connect(): a datagram reaches a bound UDP socket directly, and recvfrom()
 gives the sender's address with it. The wire shows the datagram alone, no TCP segment.
 
@@ -11,93 +11,79 @@ kernel reports it to the connected socket: the next send or recv fails with ECON
 """
 import socket
 
-from conformance.topology import delta
+from conformance.case import CLOSED_PORT
 
 UDP_PORT = 5353
-CLOSED_PORT = 9
 GREETING = b"one datagram, no handshake"
 PROBE = b"anyone on port 9?"
 PORT_UNREACHABLE = {"v4": ("icmp", 3, 3), "v6": ("icmp6", 1, 4)}
-
-
-def snmp(host, family):
-    """The namespace's UDP and ICMP counters of the family (from /proc/net/snmp or snmp6)."""
-    udp, icmp = ("Udp", "Icmp") if family == "v4" else ("Udp6", "Icmp6")
-    c = host.counters()
-    return {"InDatagrams": c[f"{udp}.InDatagrams"], "NoPorts": c[f"{udp}.NoPorts"],
-            "InDestUnreachs": c[f"{icmp}.InDestUnreachs"], "OutDestUnreachs": c[f"{icmp}.OutDestUnreachs"]}
-
-
-def rises(before, after):
-    return delta(before, after, *before)
-
-
-def udp_rows(host, **match):
-    return [s for s in host.sockets(proto=socket.IPPROTO_UDP) if all(getattr(s, k) == v for k, v in match.items())]
+IN_DATAGRAMS = {"v4": "Udp.InDatagrams", "v6": "Udp6.InDatagrams"}  # datagrams delivered to a socket
+NO_PORTS = {"v4": "Udp.NoPorts", "v6": "Udp6.NoPorts"}  # datagrams to a port with no socket
+IN_UNREACH = {"v4": "Icmp.InDestUnreachs", "v6": "Icmp6.InDestUnreachs"}
 
 
 def test_udp_no_handshake(net, agent, family, record):
     """A datagram reaches a bound UDP socket with no listen() or accept(); recv() gives the sender's address."""
     addr = net.target.addr(family)
     u = agent.socket("udp", family).h
-    agent.bind(u, addr, UDP_PORT).check()
-    bound = udp_rows(net.target, sport=UDP_PORT)
-    assert bound and bound[0].state == "CLOSE", f"the target has no unconnected UDP socket on {UDP_PORT}: {bound}"
-    before = snmp(net.target, family)
+    agent.bind(u, addr, UDP_PORT).check("bind the UDP socket")
+    bound = net.target.sockets(proto="udp", sport=UDP_PORT)
+    assert bound and bound[0].state == "CLOSE", f"the target has no unconnected UDP socket on {UDP_PORT}"
+    before = net.target.counters(IN_DATAGRAMS[family])
 
     sender = net.peer_socket(family, socket.SOCK_DGRAM)
     sender.bind((net.peer.addr(family), 0))
     sport = sender.getsockname()[1]
     sender.sendto(GREETING, (addr, UDP_PORT))
     dgram = net.wire.expect(lambda x: x.proto == "udp" and x.dport == UDP_PORT, "the peer's datagram")
-    queued = [x for x in udp_rows(net.target, sport=UDP_PORT) if x.rqueue > 0]
+    queued = [x for x in net.target.sockets(proto="udp", sport=UDP_PORT) if x.rqueue > 0]
+    record("recvq_truesize", queued[0].rqueue if queued else 0)
     assert queued, "the datagram is not waiting in the UDP socket's receive queue before recv()"
 
-    got = agent.recv(u, 2048, 2.0)
-    assert got.ok and got["data"] == GREETING.hex(), f"recv() on the bound UDP socket must return the datagram: {got}"
-    assert (got["addr"], int(got["port"])) == (net.peer.addr(family), sport), \
+    got = agent.recv(u, 2048, 2.0).check("recv() on the bound UDP socket must return the datagram")
+    record("sender", f"{got.addr}:{got.port}")
+    record.key(f"recv {got.n}B, no TCP")
+    assert got.data == GREETING, f"recv() on the bound UDP socket must return the datagram: {got}"
+    assert got.endpoint == (net.peer.addr(family), sport), \
         f"recv() must give the sender's address {net.peer.addr(family)}:{sport}: {got}"
     assert dgram.length == len(GREETING) and dgram.sport == sport, f"not the datagram sent: {dgram}"
     assert not net.wire.tcp(), "TCP segments on the wire: UDP has no handshake"
-    others = [x for x in net.wire.segments() if x.proto in ("udp", "icmp") or (x.proto == "icmp6" and x.icmp_type < 128)]
+    others = [x for x in net.wire.segments()
+              if x.proto in ("udp", "icmp") or (x.proto == "icmp6" and x.icmp_type < 128)]
     assert others == [dgram], f"the datagram must be alone on the wire (no answer, no ICMP error): {others}"
-    up = rises(before, snmp(net.target, family))
-    assert up["InDatagrams"] == 1, f"the target's kernel must count one datagram delivered: {up}"
-
-    record("recvq_truesize", queued[0].rqueue)
-    record("sender", f"{got['addr']}:{got['port']}")
-    record.key(f"recv {got['n']}B, no TCP")
+    up = net.target.rise(before)
+    assert up[IN_DATAGRAMS[family]] == 1, f"the target's kernel must count one datagram delivered: {up}"
 
 
 def test_udp_refused(net, agent, family, record):
     """A connected UDP socket: a datagram to a closed port brings an ICMP port unreachable, then ECONNREFUSED."""
     peer = net.peer.addr(family)
     u = agent.socket("udp", family).h
-    conn = agent.connect(u, peer, CLOSED_PORT, 2.0).check()
+    conn = agent.connect(u, peer, CLOSED_PORT, 2.0).check("connect() the UDP socket to the peer's closed port")
+    record("connect_ms", f"{conn.ms:.3f}")
     assert not [x for x in net.wire.segments() if x.proto in ("tcp", "udp")], \
         "connect() on a UDP socket must send nothing"
-    local = agent.getsockname(u).check()
-    lport = int(local["port"])
-    before_t, before_p = snmp(net.target, family), snmp(net.peer, family)
+    lport = agent.getsockname(u).port
+    before_target, before_peer = net.target.counters(IN_UNREACH[family]), net.peer.counters(NO_PORTS[family])
 
-    sent = agent.send_bytes(u, PROBE)
-    assert sent.ok and sent["n"] == str(len(PROBE)), f"the first send() on the connected UDP socket must succeed: {sent}"
+    sent = agent.send(u, PROBE).check("the first send() on the connected UDP socket: nothing has refused it yet")
+    assert sent.n == len(PROBE), f"the first send() on the connected UDP socket must send the whole datagram: {sent}"
     dgram = net.wire.expect(lambda x: x.proto == "udp" and x.sport == lport and x.dport == CLOSED_PORT,
                             "the target's datagram to the closed port")
     proto, kind, code = PORT_UNREACHABLE[family]
     icmp = net.wire.expect(lambda x: x.proto == proto and x.icmp_type == kind and x.src == peer,
                            f"an {proto} port unreachable (type {kind} code {code}) from the peer")
+    record("icmp", str(icmp))
     assert icmp.icmp_code == code, f"the ICMP error must be port unreachable (type {kind} code {code}): {icmp}"
     assert icmp.time > dgram.time, "the ICMP error must answer the datagram"
 
     r = agent.recv(u, 2048, 2.0)
+    record("errno", r.errno)
+    record.key(f"{icmp.icmp_type}/{icmp.icmp_code} {r.errno}")
     assert r.errno == "ECONNREFUSED", f"recv() after the ICMP port unreachable must fail with ECONNREFUSED: {r}"
     assert not net.wire.tcp(), "TCP segments on the wire: the refusal of a UDP datagram is not an RST"
-    up_t, up_p = rises(before_t, snmp(net.target, family)), rises(before_p, snmp(net.peer, family))
-    assert up_p["NoPorts"] == 1, f"the peer's kernel must count one datagram to a port with no socket: {up_p}"
-    assert up_t["InDestUnreachs"] == 1, f"the target's kernel must count one ICMP destination unreachable: {up_t}"
-
-    record("connect_ms", f"{conn.ms:.3f}")
-    record("icmp", str(icmp))
-    record("errno", r.errno)
-    record.key(f"{kind}/{code} {r.errno}")
+    up_target, up_peer = net.target.rise(before_target), net.peer.rise(before_peer)
+    assert up_peer[NO_PORTS[family]] == 1, \
+        f"the peer's kernel must count one datagram to a port with no socket: {up_peer}"
+    assert up_target[IN_UNREACH[family]] == 1, \
+        f"the target's kernel must count one ICMP destination unreachable: {up_target}"

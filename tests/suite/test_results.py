@@ -258,3 +258,36 @@ def test_a_failure_reads_as_a_sentence_with_readable_evidence(tmp_path):
     assert re.search(r"198\.51\.100\.2\.9 > 198\.51\.100\.1\.\d+ \[RA\] seq 0 ack 1 len 0$", output, re.M), output
     assert output.count("target socket table (ss -tuan)") == 1 and "SockInfo(" not in output
     assert "icmp6 type 143" not in output, "link noise (multicast listener reports) is not the case's evidence"
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "a results file is a JSON object, this is a list"),
+    ("null", "a results file is a JSON object, this is a NoneType"),
+    ('{"schema": "tcp-conformance-results", "version": 1}', "field `results` must be a list"),
+    ('{"schema": "tcp-conformance-results", "version": 1, "results": [null], "targets": {}, "sysctls": {}}',
+     "results[0] must be an object"),
+    ('{"schema": "tcp-conformance-results", "version": 1, "results": [{"case": "x"}], "targets": {}, "sysctls": {}}',
+     "results[0].target must be a string"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ("{not json", "not JSON"),
+])
+def test_compare_on_a_malformed_file_exits_2_naming_file_and_field(tmp_path, content, message):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_doc([("refused v4", "python", "pass", "ECONNREFUSED")])))
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    cli = subprocess.run([sys.executable, "-m", "conformance", "compare", str(good), str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and str(bad) in cli.stderr and message in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sysctl", "net.ipv4.tcp_syncookies=banana"], "net.ipv4.tcp_syncookies takes 1 integer(s)"),
+    (["--agent-deadline", "nan"], "--agent-deadline must be a finite number of seconds > 0, got 'nan'"),
+    (["--agent-deadline", "inf"], "--agent-deadline must be a finite number of seconds > 0, got 'inf'"),
+    (["--expectations", "/nonexistent/exp.toml"], "--expectations /nonexistent/exp.toml: no such file"),
+])
+def test_bad_values_are_usage_errors_before_any_namespace(tmp_path, args, message):
+    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", *args)
+    assert code == 4 and message in output and not outcomes, output

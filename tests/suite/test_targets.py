@@ -1,17 +1,69 @@
 """Target selection, --add-target, usage errors, builds, and agents that misbehave."""
+import ast
 import re
 import sys
 
 import pytest
 
 from conformance.agent import Agent, AgentError
-from conformance.targets import BuildError, find_tool, parse_add_target, select_targets
+from conformance.targets import BUILTIN, BuildError, builtin_targets, find_tool, parse_add_target, select_targets
 
 from .helpers import ROOT, run_suite
 
 
 def test_default_targets_are_the_builtins():
-    assert list(select_targets(None, [])) == ["python", "c", "go"]
+    # What is built in, stated once: everything else (the CLI default, the CI matrix, the
+    # Docker images) derives from the records of conformance/targets.py.
+    assert BUILTIN == ("python", "c", "go")
+    assert list(select_targets(None, [])) == list(BUILTIN)
+
+
+def test_a_builtin_target_record_owns_its_build_and_its_image():
+    for name, target in builtin_targets().items():
+        assert target.name == name and target.builtin
+        assert bool(target.build) != bool(target.command), f"{name}: a command or a build, not both"
+        assert target.image is not None, f"{name}: no image recipe for --runner docker"
+        assert target.image.base in ("scratch", "debian-python") and target.image.entrypoint
+
+
+def test_added_target_without_image_recipe_cannot_run_in_docker():
+    from conformance.docker_runner import DockerRunner, DockerUnavailable
+
+    for target in (parse_add_target("mine=/opt/agent"), "mine"):
+        with pytest.raises(DockerUnavailable, match="target mine has no image recipe"):
+            DockerRunner().image(target)
+
+
+def builtin_name_lists(source: str) -> list[str]:
+    """The literal tuples/lists/sets of two or more built-in target names in Python source."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # (a file mid-edit: fall back to its text)
+        item = r"""\s*['"](?:{})['"]\s*""".format("|".join(map(re.escape, BUILTIN)))
+        return [m.group(0) for m in re.finditer(rf"[(\[{{]{item}(?:,{item})+,?\s*[)\]}}]", source)]
+
+    def names(node):
+        return {e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in BUILTIN}
+
+    return [f"line {node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree)
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(names(node)) >= 2]
+
+
+def test_builtin_target_names_are_listed_only_in_the_target_records():
+    as_set = "{" + ", ".join(map(repr, BUILTIN)) + "}"
+    for sample in (f"x = {BUILTIN!r}", f"if name in {as_set}: pass", f"x = {list(BUILTIN[:2])!r}"):
+        assert builtin_name_lists(sample), f"the check must see {sample}"
+        assert builtin_name_lists(sample + " (unparsable"), f"the text fallback must see {sample}"
+    assert not builtin_name_lists(f"x = {BUILTIN[0]!r}\ny = ('v4', 'v6')\n")
+    found = {}
+    for top in ("conformance", "pytest_tcp_conformance", "tests/cases"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if path == ROOT / "conformance" / "targets.py":
+                continue
+            hits = builtin_name_lists(path.read_text())
+            if hits:
+                found[str(path.relative_to(ROOT))] = hits
+    assert not found, f"built-in target names listed outside conformance/targets.py (use BUILTIN): {found}"
 
 
 def test_targets_option_selects_and_orders():
@@ -21,7 +73,7 @@ def test_targets_option_selects_and_orders():
 def test_add_target_is_selected_by_default_and_by_name():
     spec = "mine=/opt/agent --flag 'a b'"
     assert parse_add_target(spec).command == ["/opt/agent", "--flag", "a b"]
-    assert list(select_targets(None, [spec])) == ["python", "c", "go", "mine"]
+    assert list(select_targets(None, [spec])) == [*BUILTIN, "mine"]
     assert list(select_targets("mine", [spec])) == ["mine"]
 
 
@@ -98,15 +150,12 @@ def test_misbehaving_agent_is_killed_and_reported(tmp_path, kind, reason):
     ("silent", "no reply within"),
     ("exits", "agent exited (status 3)"),
 ])
-def test_agent_that_never_gets_ready(tmp_path, monkeypatch, kind, reason):
-    import conformance.agent as agent_mod
-
-    if kind == "silent":  # only the one that never answers waits out the deadline
-        monkeypatch.setattr(agent_mod, "START_DEADLINE", 0.5)
+def test_agent_that_never_gets_ready(tmp_path, kind, reason):
     script = tmp_path / f"{kind}.py"
     script.write_text(FAKE[kind])
+    # only the one that never answers waits out the deadline
     with pytest.raises(AgentError, match=re.escape(reason)) as info:
-        Agent(kind, [sys.executable, str(script)])
+        Agent(kind, [sys.executable, str(script)], deadline=0.5 if kind == "silent" else 10)
     if kind == "exits":
         assert "cannot start: missing library" in str(info.value)
 
