@@ -22,10 +22,19 @@ NOBODY = 65534
 
 @pytest.fixture
 def world_dir():
-    """A temporary folder nobody can reach (pytest's tmp_path is under a root-only folder)."""
-    path = tempfile.mkdtemp(prefix="tcc-nobody-", dir="/tmp")
+    """A temporary folder nobody can reach (pytest's tmp_path is under a root-only folder), holding a
+    readable copy of the checkout: the checkout itself may sit where nobody cannot enter (under /root,
+    or in a 0700 temporary folder a CI system made)."""
+    path = Path(tempfile.mkdtemp(prefix="tcc-nobody-", dir="/tmp"))
     os.chmod(path, 0o755)
-    yield Path(path)
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (path / "suite" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, path / "suite" / name)
+    subprocess.run(["chmod", "-R", "a+rX", str(path / "suite")], check=True)
+    yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -45,7 +54,7 @@ def as_nobody(tmp_path, *command, timeout=300):
     lines.append(f"exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups --inh-caps=-all --bounding-set=-all "
                  f"{env} {' '.join(shlex.quote(c) for c in command)}")
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", "\n".join(lines)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=tmp_path / "suite", capture_output=True, text=True, timeout=timeout)
 
 
 def userns_allowed() -> bool:
