@@ -75,12 +75,17 @@ class Connection:
 
 
 def launcher(ns: str) -> list[str]:
-    """argv prefix that runs a command inside namespace ns.
+    """argv prefix that runs a command inside namespace ns, in a PID namespace of its own.
 
     The agent dies with the harness (PR_SET_PDEATHSIG, kept across exec), so even
-    a SIGKILLed pytest worker leaves no agent behind.
+    a SIGKILLed pytest worker leaves no agent behind. It is PID 1 of a new PID
+    namespace (util-linux unshare --pid --fork --kill-child): when the unshare
+    process (the PID the harness holds) is killed, the agent is killed, and with
+    it every process it started, whatever signals they ignore: a wrapper script
+    without exec or an agent that forks leaves nothing running.
     """
-    return ["setpriv", "--pdeathsig", "KILL", "ip", "netns", "exec", ns]
+    return ["setpriv", "--pdeathsig", "KILL", "ip", "netns", "exec", ns,
+            "unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--"]
 
 
 class Net:

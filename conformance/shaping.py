@@ -13,6 +13,7 @@ place when hold() returns.
 
     install(net.peer)                # once: tbf as the root qdisc of the peer's veth end
     held = hold(net, net.peer, 0.3)  # the next packet the peer sends leaves about 0.3 s later
+    remove(net.peer)                 # if the case needs its egress unshaped again
 
 Only the packets queued behind the filler wait; later ones find the bucket
 refilled at RATE (a SYN-ACK of 74 bytes costs 0.6 ms of tokens). The capture
@@ -52,6 +53,11 @@ def install(host, rate: int = RATE, burst: int = BURST, limit: int = LIMIT) -> N
     """tbf as the root qdisc of host's veth end (rate in bytes/s)."""
     host.netlink(lambda ipr: ipr.tc("add", "tbf", index=host.ifindex, handle=ROOT,
                                     rate=rate, burst=burst, limit=limit))
+
+
+def remove(host) -> None:
+    """Remove the root qdisc install() put on host's veth end: its egress is no longer shaped."""
+    host.netlink(lambda ipr: ipr.tc("del", index=host.ifindex, handle=ROOT, root=True))
 
 
 def stats(host) -> dict:

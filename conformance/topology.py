@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import os
 import re
+import signal
 import socket
 import threading
 from dataclasses import dataclass
@@ -503,11 +504,53 @@ class Topology:
 
     def close(self):
         for ns in reversed(self.created):
+            end_processes_in(ns)
             try:
                 netns.remove(ns)
             except OSError:
                 pass
         self.created.clear()
+
+
+def processes_in(ns: str) -> list[int]:
+    """PIDs of the processes whose network namespace is ns (what `ip netns pids` lists)."""
+    try:
+        inode = os.stat(os.path.join(NETNS_DIR, ns)).st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def end_processes_in(ns: str, timeout: float = 2.0) -> list[int]:
+    """Before a namespace of ours goes: kill (by PID) every process still in it, and wait (bounded) for
+    them. They can only be processes an agent of ours started that escaped its PID namespace's end
+    (a container's are the engine's: a Docker target's namespace is wired from a container we started).
+    Returns the PIDs found."""
+    found = processes_in(ns)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: not [p for p in processes_in(ns) if _alive(p)], timeout)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """A process that has not ended (a zombie waiting for its parent has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def owned_names(names):

@@ -1,8 +1,8 @@
 """The four-way close: FIN and ACK each way, and the states each side passes through.
 
-Seed 003 (TCP 四次挥手): "客户端A向服务器发送FIN ... 服务器B接受到这个FIN 它发回一个ACK确认报文
-确认序列号+1 (客户端处于FIN_WAIT2) ... 服务器B关闭客户端A的连接发送一个FIN报文 ... 客户端A 接受到
-server的FIN报文 回复ACK报文确认 此时客户端进入TIME_WAT" and "FIN报文 告诉自己 对方没有数据进行
+Seed 003 (docs/seeds.md), TCP 四次挥手: "客户端A向服务器发送FIN ... 服务器B接受到这个FIN 它发回一个
+ACK确认报文 确认序列号+1 (客户端处于FIN_WAIT2) ... 服务器B关闭客户端A的连接发送一个FIN报文 ... 客户端A
+接受到server的FIN报文 回复ACK报文确认 此时客户端进入TIME_WAT" and "FIN报文 告诉自己 对方没有数据进行
 发送 并不能阻止自己发送数据": the active closer goes FIN_WAIT_1 (its FIN not yet acked),
 FIN_WAIT_2, TIME_WAIT; the passive side CLOSE_WAIT (its recv() returns 0, end of file), then
 LAST_ACK (its own FIN not yet acked) and closed. A FIN closes one direction only: after
@@ -19,10 +19,13 @@ FIN meanwhile, both namespaces raise the minimum retransmission timeout
 """
 import socket
 import time
+
+import pytest
+
 from conformance import shaping
 from conformance.capture import tcp
+from conformance.case import peer_recv_outcome
 
-PORT = 7878
 HOLD = 0.4  # s: how long the ACK ending FIN_WAIT1 / LAST_ACK is held back
 STATE_WAIT = 3.0  # bound on waiting out a held ACK
 RTO_MIN_US = 3000000  # no retransmission during a hold (see prepare_holds)
@@ -47,172 +50,148 @@ def no_drops(net):
         assert drops == 0, f"the tbf on the {host.role}'s egress dropped {drops} packet(s): a hold must only delay"
 
 
-# -- connections -------------------------------------------------------------------------
-def peer_recv(sock, size=4096, timeout=2.0):
-    sock.settimeout(timeout)
-    return sock.recv(size)
+# -- one end of a connection, target or peer: the same step either way ----------------------
+def recv_outcome(c, role) -> str:
+    """recv() on that end: "EOF" (it returned 0), "read b'...'", or the errno name it failed with."""
+    if role == "peer":
+        got = peer_recv_outcome(c.sock)
+        return "EOF" if got == "read b''" else got
+    r = c.agent.recv(c.handle, 1024)
+    if r.eof:
+        return "EOF"
+    return f"read {r.data!r}" if r.ok else r.outcome
 
 
-def test_four_way_close_target_active(net, agent, family, record):
-    """The target's server closes first: FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT; the peer CLOSE_WAIT -> LAST_ACK."""
+def send(c, role, data: bytes) -> None:
+    if role == "peer":
+        c.sock.sendall(data)
+        return
+    sent = c.agent.send(c.handle, data).check("the target's send() after reading end of file")
+    assert sent.n == len(data), f"the target's send() after reading end of file must send all {len(data)} bytes: {sent}"
+
+
+def shutdown_wr(c, role) -> None:
+    if role == "peer":
+        c.sock.shutdown(socket.SHUT_WR)
+    else:
+        c.agent.shutdown(c.handle, "wr").check("the target's shutdown(SHUT_WR)")
+
+
+def seen_in(end, state: str) -> float | None:
+    """When (time.time()) end was seen in state, waiting for it; None if it was not."""
+    return time.time() if end.wait_state(state) else None
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
+
+
+# -- the full close, each side first --------------------------------------------------------
+KEYS = {"target_active": "FW1 FW2 TIME_WAIT", "target_passive": "EOF CW LAST_ACK"}
+
+
+@pytest.mark.parametrize("side", ["target_active", "target_passive"])
+def test_four_way_close(net, agent, family, side, record):
+    """One side closes first and goes FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT; the other reads end of file in
+    CLOSE_WAIT, and its close() goes LAST_ACK -> closed. target_active: the target's server closes first;
+    target_passive: the peer closes first and the target (the client) is the passive side."""
     prepare_holds(net)
-    s, client, pport = net.target_server(agent, family, PORT)
-    ta, pa = net.target.addr(family), net.peer.addr(family)
-    mine, theirs = dict(sport=PORT, dport=pport), dict(sport=pport, dport=PORT)
+    if side == "target_active":
+        c, first, second = net.target_server(agent, family), "target", "peer"
+    else:
+        c, first, second = net.target_client(agent, family), "peer", "target"
+    active, passive = c.end(first), c.end(second)
+    record(f"states_{first}", "FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT")
+    record(f"states_{second}", "CLOSE_WAIT -> LAST_ACK -> closed")
+    record.key(KEYS[side])
 
-    # 1. The target closes; the peer's ACK of its FIN is held back: the target waits in FIN_WAIT1.
-    held = shaping.hold(net, net.peer, HOLD)
-    closed = agent.close(s).check()
-    fw1 = net.wait_state(net.target, "FIN_WAIT1", **mine)
-    fw1_seen = time.time()
-    assert fw1, f"the target did not enter FIN_WAIT1 after close(): {net.sockets(net.target)}"
-    assert net.wait_state(net.peer, "CLOSE_WAIT", **theirs), "the peer did not enter CLOSE_WAIT on the FIN"
-    assert peer_recv(client) == b"", "the peer's recv() after the target's FIN must return 0 (end of file)"
-    fw2 = net.wait_state(net.target, "FIN_WAIT2", timeout=STATE_WAIT, **mine)
-    assert fw2, f"the target did not move to FIN_WAIT2 when its FIN was acked: {net.sockets(net.target)}"
-    fin_t, ack_p = net.wire.expect_fin_acked(ta, PORT, pport, "target", STATE_WAIT)
-    assert ack_p.time > fw1_seen, "FIN_WAIT1 was seen after the FIN's ACK reached the wire: not the held state"
+    # 1. The first closes; the second's ACK of its FIN is held back: the first waits in FIN_WAIT1.
+    record("fin_wait1_hold", shaping.hold(net, passive.host, HOLD))
+    c.close(first)
+    fin_wait1_seen = seen_in(active, "FIN_WAIT1")
+    assert fin_wait1_seen, f"the {first}'s close() did not leave it in FIN_WAIT1 (its FIN awaiting the {second}'s ACK)"
+    assert passive.wait_state("CLOSE_WAIT"), f"the {second} did not enter CLOSE_WAIT on the {first}'s FIN"
+    got = recv_outcome(c, second)
+    record(f"{second}_recv_after_fin", got)
+    assert got == "EOF", f"the {second}'s recv() after the {first}'s FIN must return 0 (end of file), got {got}"
+    assert active.wait_state("FIN_WAIT2", STATE_WAIT), f"the {first} did not move to FIN_WAIT2 when its FIN was acked"
+    fin_first, ack_second = net.wire.expect_fin_acked(active, STATE_WAIT)
+    record("fin_wait1_held_ms", ms(ack_second.time - fin_first.time))
+    assert ack_second.time > fin_wait1_seen, \
+        f"FIN_WAIT1 was seen after the {second}'s ACK reached the wire: not the held state"
 
-    # 2. The peer closes; the target's ACK of the peer's FIN is held back: the peer waits in LAST_ACK.
-    shaping.hold(net, net.target, HOLD)
-    client.close()
-    tw = net.wait_state(net.target, "TIME_WAIT", **mine)
-    assert tw, f"the target, which closed first, is not in TIME_WAIT: {net.sockets(net.target)}"
-    last_ack = net.wait_state(net.peer, "LAST_ACK", **theirs)
-    last_ack_seen = time.time()
-    assert last_ack, f"the peer did not wait in LAST_ACK for the target's ACK: {net.sockets(net.peer)}"
-    gone = net.wait_gone(net.peer, STATE_WAIT, **theirs)
-    assert gone, f"the peer's socket did not close when the target acked its FIN: {net.sockets(net.peer)}"
-    fin_p, ack_t = net.wire.expect_fin_acked(pa, pport, PORT, "peer", STATE_WAIT)
-    assert ack_t.time > last_ack_seen, "LAST_ACK was seen after the target's ACK reached the wire"
+    # 2. The second closes; the first's ACK of its FIN is held back: the second waits in LAST_ACK.
+    record("last_ack_hold", shaping.hold(net, active.host, HOLD))
+    c.close(second)
+    last_ack_seen = seen_in(passive, "LAST_ACK")
+    assert last_ack_seen, \
+        f"the {second}'s close() in CLOSE_WAIT did not leave it in LAST_ACK (its FIN awaiting the {first}'s ACK)"
+    assert active.wait_state("TIME_WAIT"), f"the {first}, which closed first, is not in TIME_WAIT"
+    assert passive.wait_gone(STATE_WAIT), f"the {second}'s socket did not close when the {first} acked its FIN"
+    fin_second, ack_first = net.wire.expect_fin_acked(passive, STATE_WAIT)
+    record("last_ack_held_ms", ms(ack_first.time - fin_second.time))
+    assert ack_first.time > last_ack_seen, \
+        f"LAST_ACK was seen after the {first}'s ACK reached the wire: not the held state"
 
-    assert fin_t.time < fin_p.time, "the target's FIN must come first"
-    assert net.wait_state(net.target, "TIME_WAIT", **mine), "the target left TIME_WAIT (it lasts 60 s)"
-    assert not net.sockets(net.peer, state="TIME_WAIT"), "the peer, which closed second, is in TIME_WAIT"
+    assert fin_first.time < fin_second.time, f"the {first}'s FIN must come first"
+    assert active.wait_state("TIME_WAIT"), f"the {first} left TIME_WAIT (it lasts 60 s)"
+    assert not passive.host.sockets("TIME_WAIT"), f"the {second}, which closed second, is in TIME_WAIT"
     assert not net.wire.tcp(has="R"), "an RST was sent: the close must be FIN/ACK both ways"
     no_drops(net)
-    record("close_ms", f"{closed.ms:.3f}")
-    record("hold", str(held))
-    record("states_target", "FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT")
-    record("states_peer", "CLOSE_WAIT -> LAST_ACK -> closed")
-    record("fin_wait1_held_ms", f"{(ack_p.time - fin_t.time) * 1000:.0f}")
-    record.key("FW1 FW2 TIME_WAIT")
 
 
-def test_four_way_close_target_passive(net, agent, family, record):
-    """The peer closes first: the target's recv() returns 0 in CLOSE_WAIT; its close() goes LAST_ACK -> closed."""
-    prepare_holds(net)
-    s, conn, tport = net.target_client(agent, family, PORT)
-    ta, pa = net.target.addr(family), net.peer.addr(family)
-    mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
+# -- the half-close, by each side -------------------------------------------------------------
+def half_close(net, c, closer: str, data: bytes, record):
+    """closer shuts down its sending side: the other side reads end of file, still sends `data`, which the
+    half-closed closer reads and acks; then the other side closes too, and the closer ends in TIME_WAIT."""
+    other = "peer" if closer == "target" else "target"
+    closing, sending = c.end(closer), c.end(other)
 
-    # 1. The peer closes; the target's ACK is held back: the peer waits in FIN_WAIT1.
-    shaping.hold(net, net.target, HOLD)
-    conn.close()
-    assert net.wait_state(net.peer, "FIN_WAIT1", **theirs), \
-        f"the peer did not wait in FIN_WAIT1 for the target's ACK: {net.sockets(net.peer)}"
-    assert net.wait_state(net.target, "CLOSE_WAIT", **mine), \
-        f"the target did not enter CLOSE_WAIT on the peer's FIN: {net.sockets(net.target)}"
-    eof = agent.recv(s, 100, 2.0)
-    assert eof.ok and eof["n"] == "0", f"the target's recv() after the peer's FIN must return 0 (end of file): {eof}"
-    assert net.wait_state(net.peer, "FIN_WAIT2", timeout=STATE_WAIT, **theirs), "the peer did not reach FIN_WAIT2"
-    fin_p, ack_t = net.wire.expect_fin_acked(pa, PORT, tport, "peer", STATE_WAIT)
+    shutdown_wr(c, closer)
+    fin, _ = net.wire.expect_fin_acked(closing, STATE_WAIT)
+    assert closing.wait_state("FIN_WAIT2"), f"the half-closed {closer} is not in FIN_WAIT2"
+    assert sending.wait_state("CLOSE_WAIT"), f"the {other} did not enter CLOSE_WAIT on the {closer}'s FIN"
+    got = recv_outcome(c, other)
+    record(f"{other}_recv_after_fin", got)
+    assert got == "EOF", \
+        f"the {other}'s recv() after the {closer}'s shutdown(SHUT_WR) must return 0 (end of file), got {got}"
 
-    # 2. The target closes; the peer's ACK is held back: the target waits in LAST_ACK.
-    held = shaping.hold(net, net.peer, HOLD)
-    closed = agent.close(s).check()
-    last_ack = net.wait_state(net.target, "LAST_ACK", **mine)
-    last_ack_seen = time.time()
-    assert last_ack, f"the target did not enter LAST_ACK after close() in CLOSE_WAIT: {net.sockets(net.target)}"
-    assert net.wait_state(net.peer, "TIME_WAIT", **theirs), "the peer, which closed first, is not in TIME_WAIT"
-    gone = net.wait_gone(net.target, STATE_WAIT, **mine)
-    assert gone, f"the target's socket did not close when its FIN was acked: {net.sockets(net.target)}"
-    fin_t, ack_p = net.wire.expect_fin_acked(ta, tport, PORT, "target", STATE_WAIT)
-    assert ack_p.time > last_ack_seen, "LAST_ACK was seen after the peer's ACK reached the wire: not the held state"
+    # End of file closes one direction only: the other side's data still reaches the half-closed side.
+    send(c, other, data)
+    sent = net.wire.expect(tcp(src=sending.addr, **sending.match, has="P"),
+                           f"the {other}'s data after the {closer}'s FIN")
+    got = recv_outcome(c, closer)
+    record(f"{closer}_read_after_half_close", got)
+    assert got == f"read {data!r}", f"the half-closed {closer} must still read the {other}'s data ({data!r}), got {got}"
+    net.wire.expect(tcp(src=closing.addr, **closing.match, has="A", ack=sent.seq + sent.length),
+                    f"the {closer}'s ACK of the data it read after its FIN")
+    assert sent.time > fin.time, f"the {other}'s data must follow the {closer}'s FIN"
+    assert closing.wait_state("FIN_WAIT2"), f"the half-closed {closer} left FIN_WAIT2 while the {other} sent"
+    assert not net.wire.tcp(has="R"), "an RST was sent: data after a half-close must be accepted"
 
-    assert fin_p.time < fin_t.time, "the peer's FIN must come first"
-    assert not net.sockets(net.target, state="TIME_WAIT"), "the target, which closed second, is in TIME_WAIT"
+    # Then the other side closes too: the closer reads end of file and ends in TIME_WAIT (it sent the first FIN).
+    c.close(other)
+    got = recv_outcome(c, closer)
+    record(f"{closer}_recv_after_close", got)
+    assert got == "EOF", f"after the {other}'s FIN the {closer}'s recv() must return 0 (end of file), got {got}"
+    assert closing.wait_state("TIME_WAIT"), f"the {closer}, whose FIN came first, is not in TIME_WAIT"
+    assert sending.wait_gone(STATE_WAIT), f"the {other}'s socket did not close when its FIN was acked"
+    c.close(closer)
     assert not net.wire.tcp(has="R"), "an RST was sent: the close must be FIN/ACK both ways"
-    no_drops(net)
-    record("recv_eof_ms", f"{eof.ms:.3f}")
-    record("close_ms", f"{closed.ms:.3f}")
-    record("hold", str(held))
-    record("states_target", "CLOSE_WAIT -> LAST_ACK -> closed")
-    record("states_peer", "FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT")
-    record("last_ack_held_ms", f"{(ack_p.time - fin_t.time) * 1000:.0f}")
-    record.key("EOF CW LAST_ACK")
 
 
 HALF = b"sent after the half-close"
+REPLY = b"the target still writes after reading EOF"
 
 
 def test_half_close(net, agent, family, record):
-    """shutdown(SHUT_WR) sends a FIN but keeps reading: the peer reads EOF, then sends data the target reads."""
-    s, conn, tport = net.target_client(agent, family, PORT)
-    ta, pa = net.target.addr(family), net.peer.addr(family)
-    mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
-
-    shut = agent.shutdown(s, "wr").check()
-    fin_t, _ = net.wire.expect_fin_acked(ta, tport, PORT, "target", STATE_WAIT)
-    assert net.wait_state(net.target, "FIN_WAIT2", **mine), \
-        f"the half-closed target is not in FIN_WAIT2: {net.sockets(net.target)}"
-    assert net.wait_state(net.peer, "CLOSE_WAIT", **theirs), "the peer did not enter CLOSE_WAIT"
-    assert peer_recv(conn) == b"", "the peer's recv() after the target's shutdown(SHUT_WR) must return 0 (end of file)"
-
-    # The other direction is still open: the peer's data reaches the target.
-    conn.sendall(HALF)
-    data = net.wire.expect(tcp(src=pa, sport=PORT, dport=tport, has="P"), "the peer's data after the FIN")
-    got = agent.recv(s, 1024, 2.0)
-    assert got.ok and got["data"] == HALF.hex(), \
-        f"the half-closed target must still read the peer's data ({HALF!r}): {got}"
-    net.wire.expect(tcp(src=ta, sport=tport, dport=PORT, has="A", ack=data.seq + data.length),
-                    "the target's ACK of the data it read after its FIN")
-    assert data.time > fin_t.time, "the peer's data must follow the target's FIN"
-    assert not net.wire.tcp(has="R"), "an RST was sent: data after a half-close must be accepted"
-
-    # Then the peer closes too: the target reads end of file and ends in TIME_WAIT (it sent the first FIN).
-    conn.close()
-    eof = agent.recv(s, 1024, 2.0)
-    assert eof.ok and eof["n"] == "0", f"after the peer's FIN the target's recv() must return 0: {eof}"
-    assert net.wait_state(net.target, "TIME_WAIT", **mine), \
-        f"the target, whose FIN came first, is not in TIME_WAIT: {net.sockets(net.target)}"
-    agent.close(s).check()
-    assert not net.wire.tcp(has="R"), "an RST was sent: the close must be FIN/ACK both ways"
-    record("shutdown_ms", f"{shut.ms:.3f}")
-    record("read_after_half_close", f"{len(HALF)} bytes")
+    """shutdown(SHUT_WR) on the target sends a FIN but keeps reading: the peer reads EOF, then sends data the
+    target reads."""
     record.key(f"EOF, then read {len(HALF)}B")
-
-
-REPLY = b"the target still writes after reading EOF"
+    half_close(net, net.target_client(agent, family), "target", HALF, record)
 
 
 def test_half_close_by_peer(net, agent, family, record):
     """The peer half-closes: the target's recv() returns 0, and the target can still send, which the peer reads."""
-    s, conn, tport = net.target_client(agent, family, PORT)
-    ta, pa = net.target.addr(family), net.peer.addr(family)
-    mine, theirs = dict(sport=tport, dport=PORT), dict(sport=PORT, dport=tport)
-
-    conn.shutdown(socket.SHUT_WR)
-    fin_p, _ = net.wire.expect_fin_acked(pa, PORT, tport, "peer", STATE_WAIT)
-    assert net.wait_state(net.target, "CLOSE_WAIT", **mine), \
-        f"the target did not enter CLOSE_WAIT on the peer's FIN: {net.sockets(net.target)}"
-    eof = agent.recv(s, 1024, 2.0)
-    assert eof.ok and eof["n"] == "0", f"the target's recv() after the peer's FIN must return 0 (end of file): {eof}"
-
-    # End of file closes one direction only: the target's send still works and the peer reads it.
-    sent = agent.send_bytes(s, REPLY)
-    assert sent.ok and sent["n"] == str(len(REPLY)), f"the target's send() after reading end of file must succeed: {sent}"
-    data = net.wire.expect(tcp(src=ta, sport=tport, dport=PORT, has="P"), "the target's data after the peer's FIN")
-    assert peer_recv(conn) == REPLY, "the half-closed peer did not read the target's data"
-    net.wire.expect(tcp(src=pa, sport=PORT, dport=tport, has="A", ack=data.seq + data.length),
-                    "the peer's ACK of the target's data")
-    assert data.time > fin_p.time, "the target's data must follow the peer's FIN"
-    assert net.wait_state(net.peer, "FIN_WAIT2", **theirs), "the half-closed peer is not in FIN_WAIT2"
-
-    agent.close(s).check()
-    assert net.wait_state(net.peer, "TIME_WAIT", **theirs), "the peer, whose FIN came first, is not in TIME_WAIT"
-    assert net.wait_gone(net.target, STATE_WAIT, **mine), f"the target's socket did not close: {net.sockets(net.target)}"
-    assert not net.wire.tcp(has="R"), "an RST was sent: data after a half-close must be accepted"
-    record("recv_eof_ms", f"{eof.ms:.3f}")
-    record("sent_after_eof", f"{len(REPLY)} bytes")
     record.key(f"EOF, then sent {len(REPLY)}B")
+    half_close(net, net.target_client(agent, family), "peer", REPLY, record)

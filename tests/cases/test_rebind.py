@@ -1,11 +1,16 @@
 """A server port held by a TIME_WAIT can be listened on again only if both sockets set SO_REUSEADDR.
 
-Seed 003: the side that closes first ends in TIME_WAIT ("此时客户端进入TIME_WAT d等待 经过2MLS"),
-60 s on Linux. When the target's server closes its connection first, that TIME_WAIT holds
+Seed 003 (docs/seeds.md): the side that closes first ends in TIME_WAIT ("此时客户端进入TIME_WAT d等待
+经过2MLS"), 60 s on Linux. When the target's server closes its connection first, that TIME_WAIT holds
 the server's own listening port. A new listener on the port then fails with EADDRINUSE,
 unless the old socket (the listener the connection came from: the accepted socket inherits
 its options) and the new one both set SO_REUSEADDR. Go's bind is deferred, so the error
 shows at listen(): the case accepts it at the first step that fails, bind or listen.
+
+The variants: default (no option set by the program: the language's default decides),
+reuseaddr (both sockets set it: the new listener works beside the TIME_WAIT), new_only (only
+the new socket sets it, the old listener explicitly 0) and old_only (only the old listener,
+the new socket explicitly 0): EADDRINUSE but for reuseaddr.
 
 The languages differ in their default: Go sets SO_REUSEADDR on every listener, a plain
 Python socket and C do not. The default is read back (getsockopt on a fresh listener)
@@ -13,10 +18,13 @@ and recorded; the portable expectation without options is EADDRINUSE.
 """
 import errno
 
-from conformance.capture import tcp
-from conformance.case import connected
+import pytest
 
-PORT = 7878
+from conformance.capture import tcp
+from conformance.case import PORT, connected
+
+# SO_REUSEADDR on (the old listener, the new socket); None: left to the language's default
+REUSEADDR = {"default": (None, None), "reuseaddr": (1, 1), "new_only": (0, 1), "old_only": (1, 0)}
 
 
 def server_time_wait(net, agent, family, reuse=None):
@@ -26,25 +34,21 @@ def server_time_wait(net, agent, family, reuse=None):
     Leaves the target with a TIME_WAIT on PORT and nothing listening there.
     """
     addr = net.target.addr(family)
-    ls = agent.socket("tcp", family).h
-    if reuse is not None:
-        agent.setsockopt(ls, "reuseaddr", reuse).check()
-    agent.bind(ls, addr, PORT).check()
-    agent.listen(ls, 4).check()
-    value = agent.getsockopt(ls, "reuseaddr").check()["value"]
+    ls = agent.listener(addr, PORT, reuseaddr=reuse)
+    value = agent.getsockopt(ls, "reuseaddr").value
 
     client = net.peer_connect(family, addr, PORT)
-    assert connected(client, 2.0) == 0, "the peer could not connect to the target's listener"
+    assert connected(client) == 0, "the peer could not connect to the target's listener"
     cport = client.getsockname()[1]
-    conn = agent.accept(ls, 2.0).check().h
-    agent.close(ls).check()
-    agent.close(conn).check()  # the server closes first...
-    assert net.wait_state(net.peer, "CLOSE_WAIT", sport=cport, dport=PORT), "the peer did not get the server's FIN"
+    conn = agent.accept(ls).h
+    agent.close(ls).check("close the old listener")
+    agent.close(conn).check("the server's close()")  # the server closes first...
+    assert net.peer.wait_state("CLOSE_WAIT", sport=cport, dport=PORT), "the peer did not get the server's FIN"
     client.close()  # ...then the client
 
-    tw = net.wait_state(net.target, "TIME_WAIT", sport=PORT, dport=cport)
-    assert tw, f"the server closed first but its port {PORT} is not held by a TIME_WAIT: {net.sockets(net.target)}"
-    assert not net.sockets(net.target, state="LISTEN", sport=PORT), "the old listener is still listening"
+    tw = net.target.wait_state("TIME_WAIT", sport=PORT, dport=cport)
+    assert tw, f"the server closed first but its port {PORT} is not held by a TIME_WAIT"
+    assert not net.target.sockets("LISTEN", sport=PORT), "the old listener is still listening"
     fin_t = net.wire.expect(tcp(sport=PORT, dport=cport, has="F"), "the server's FIN")
     fin_p = net.wire.expect(tcp(sport=cport, dport=PORT, has="F"), "the client's FIN")
     assert fin_t.time < fin_p.time, "the server's FIN must come first (the TIME_WAIT is the server's)"
@@ -58,7 +62,7 @@ def listen_again(agent, family, addr, reuse=None):
     """
     s = agent.socket("tcp", family).h
     if reuse is not None:
-        agent.setsockopt(s, "reuseaddr", reuse).check()
+        agent.setsockopt(s, "reuseaddr", reuse).check("set SO_REUSEADDR on the new socket")
     r = agent.bind(s, addr, PORT)
     if r.status == "unsupported":
         r.check()
@@ -70,60 +74,42 @@ def listen_again(agent, family, addr, reuse=None):
 def assert_in_use(net, family, cport, step, r):
     assert r.errno == "EADDRINUSE", \
         f"listening again on port {PORT} held by TIME_WAIT must fail with EADDRINUSE (at bind or listen): {step}: {r}"
-    assert net.wait_state(net.target, "TIME_WAIT", sport=PORT, dport=cport), "the TIME_WAIT is gone"
-    assert not net.sockets(net.target, state="LISTEN", sport=PORT), "a listener exists on the port after the failure"
+    assert net.target.wait_state("TIME_WAIT", sport=PORT, dport=cport), "the TIME_WAIT is gone"
+    assert not net.target.sockets("LISTEN", sport=PORT), "a listener exists on the port after the failure"
     # Nothing listens: a new SYN to the port is refused.
     late = net.peer_connect(family, net.target.addr(family), PORT)
-    assert connected(late, 2.0) == errno.ECONNREFUSED, f"a connect to port {PORT} after the failed listen was not refused"
+    assert connected(late) == errno.ECONNREFUSED, f"a connect to port {PORT} after the failed listen was not refused"
     net.wire.expect(tcp(sport=PORT, dport=late.getsockname()[1], has="R"), "the RST refusing the new SYN")
 
 
-def test_rebind_time_wait_default(net, agent, family, record):
-    """No option set by the program: the language's defaults decide. Portable result: EADDRINUSE."""
-    default, cport = server_time_wait(net, agent, family)
-    step, r, _ = listen_again(agent, family, net.target.addr(family))
-    record("reuseaddr_default", default)
-    record("rebind_step", step)
-    record("rebind_result", r.errno or r.status)
-    record.key(f"{r.errno or r.status}@{step} ra={default}")
-    assert_in_use(net, family, cport, step, r)
-
-
-def test_rebind_time_wait_reuseaddr(net, agent, family, record):
-    """Both the old listener and the new socket set SO_REUSEADDR: the new listener works beside the TIME_WAIT."""
-    old, cport = server_time_wait(net, agent, family, reuse=1)
-    assert old == "1", f"SO_REUSEADDR set to 1 on the old listener reads back {old}"
-    step, r, s = listen_again(agent, family, net.target.addr(family), reuse=1)
+def assert_listening_again(net, agent, family, cport, step, r, s):
     assert r.ok, f"with SO_REUSEADDR on both sockets, listening again on port {PORT} must succeed: {step}: {r}"
-
     # Kernel: the new LISTEN sits beside the TIME_WAIT; wire: it completes a new handshake.
-    assert net.wait_state(net.target, "LISTEN", sport=PORT), "no listener on the port after a successful listen"
-    assert net.wait_state(net.target, "TIME_WAIT", sport=PORT, dport=cport), "the TIME_WAIT is gone"
+    assert net.target.wait_state("LISTEN", sport=PORT), "no listener on the port after a successful listen"
+    assert net.target.wait_state("TIME_WAIT", sport=PORT, dport=cport), "the TIME_WAIT is gone"
     again = net.peer_connect(family, net.target.addr(family), PORT)
-    assert connected(again, 2.0) == 0, "the new listener does not complete connections"
+    assert connected(again) == 0, "the new listener does not complete connections"
     aport = again.getsockname()[1]
     net.wire.expect(tcp(sport=PORT, dport=aport, flags="SA"), "the new listener's SYN-ACK")
-    got = agent.accept(s, 2.0).check()
-    assert int(got["port"]) == aport, f"accept() returned port {got['port']}, the new client is {aport}"
+    got = agent.accept(s).check("accept the new client")
+    assert got.port == aport, f"accept() returned port {got.port}, the new client is {aport}"
+
+
+@pytest.mark.parametrize("variant", list(REUSEADDR))
+def test_rebind_time_wait(net, agent, family, variant, record):
+    """The server closes first, its port held by a TIME_WAIT; a new listener on the port with SO_REUSEADDR as the
+    variant sets it: EADDRINUSE unless both sockets set it (portable result without options: EADDRINUSE)."""
+    old, new = REUSEADDR[variant]
+    old_value, cport = server_time_wait(net, agent, family, old)
+    step, r, s = listen_again(agent, family, net.target.addr(family), new)
+    record("reuseaddr_default" if old is None else "reuseaddr_old", old_value)
     record("rebind_step", step)
-    record.key(f"ok@{step}")
+    record("rebind_result", r.outcome)
+    record.key(f"{r.outcome}@{step}" + (f" ra={old_value}" if old is None else ""))
 
-
-def test_rebind_time_wait_new_only(net, agent, family, record):
-    """Only the new socket sets SO_REUSEADDR (the old listener explicitly 0): EADDRINUSE."""
-    old, cport = server_time_wait(net, agent, family, reuse=0)
-    assert old == "0", f"SO_REUSEADDR set to 0 on the old listener reads back {old}"
-    step, r, _ = listen_again(agent, family, net.target.addr(family), reuse=1)
-    record("rebind_step", step)
-    record.key(f"{r.errno or r.status}@{step}")
-    assert_in_use(net, family, cport, step, r)
-
-
-def test_rebind_time_wait_old_only(net, agent, family, record):
-    """Only the old listener set SO_REUSEADDR (the new socket explicitly 0): EADDRINUSE."""
-    old, cport = server_time_wait(net, agent, family, reuse=1)
-    assert old == "1", f"SO_REUSEADDR set to 1 on the old listener reads back {old}"
-    step, r, _ = listen_again(agent, family, net.target.addr(family), reuse=0)
-    record("rebind_step", step)
-    record.key(f"{r.errno or r.status}@{step}")
-    assert_in_use(net, family, cport, step, r)
+    if old is not None:
+        assert old_value == str(old), f"SO_REUSEADDR set to {old} on the old listener reads back {old_value}"
+    if old == new == 1:
+        assert_listening_again(net, agent, family, cport, step, r, s)
+    else:
+        assert_in_use(net, family, cport, step, r)

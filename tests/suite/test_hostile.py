@@ -66,3 +66,51 @@ def test_control_characters_from_an_agent_are_escaped(tmp_path):
         assert "\x1b" not in agent._stderr_tail() and "\\x1b]0;pwned\\x07" in agent._stderr_tail()
     finally:
         agent.stop()
+
+
+FORKS = """import os, signal, sys, time
+for _ in range(3):  # children and a grandchild that ignore every signal they can and outlive their parent
+    if os.fork() == 0:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(300)
+        time.sleep(300)
+print('ready proto=1 lang=fake version=1 pid=1', flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_processes_an_agent_starts_die_with_it(tmp_path):
+    """An agent that forks (or a wrapper script without exec) leaves nothing running after its case."""
+    from conformance.case import Net
+    from conformance.targets import Target
+    from conformance.timing import wait_until
+    from conformance.topology import processes_in
+
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
+    with Net() as net:
+        agent = net.start(Target("forks", [sys.executable, str(script)]))
+        # the agent, 3 children, 3 grandchildren (they fork on their own time)
+        assert wait_until(lambda: len(pids_running(script)) >= 7, 5.0), pids_running(script)
+        assert len(processes_in(net.target.ns)) >= 7, "the agent and its descendants run in the namespace"
+    assert agent.proc.poll() is not None
+    survivors = pids_running(script)
+    assert survivors == [], f"processes the agent started outlived its case: {survivors}"
+
+
+def pids_running(script):
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
+    alive = []
+    for pid in map(int, out):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
