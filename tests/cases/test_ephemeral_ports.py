@@ -1,6 +1,6 @@
 """A socket that did not choose its port gets one from the kernel's ephemeral range.
 
-Seed 000: "7878是服务器端口,但是客户端连接上后用的却是39709作为通信端口" — the client,
+Seed 000 (docs/seeds.md): "7878是服务器端口,但是客户端连接上后用的却是39709作为通信端口" — the client,
 which never bound, talks from a port the kernel picked. Seed 002: "客户端在调用函数connect前
 可以不调用bind函数 ... 内核会确定源IP地址,并按照一定的算法选择一个临时端口作为源端口", and
 "如果将端口设置为0,相当于把端口的选择权交给操作系统内核".
@@ -11,9 +11,8 @@ For the port 0 case every target binds port 0, listens, then asks getsockname:
 Go binds only when it listens (bind is deferred), so that order works everywhere.
 """
 from conformance.capture import tcp
-from conformance.case import connected
+from conformance.case import PORT, connected
 
-PORT = 7878
 RANGE = (40000, 40009)
 CLIENTS = 3
 
@@ -28,59 +27,54 @@ def narrow_range(net, record):
 def test_ephemeral_range(net, agent, family, record):
     """connect() without bind() gets a source port from ip_local_port_range: API, SYN and kernel agree."""
     narrow_range(net, record)
-    net.peer_listener(family, PORT)  # backlog 16: the clients wait there, never accepted
+    net.peer_listener(family)  # backlog 16: the clients wait there, never accepted
     peer, me = net.peer.addr(family), net.target.addr(family)
 
     ports = []
     for n in range(1, CLIENTS + 1):
         s = agent.socket("tcp", family).h
-        agent.connect(s, peer, PORT, 2.0).check()
-        name = agent.getsockname(s).check()
-        port = int(name["port"])
-        assert name["addr"] == me, f"client {n}: getsockname address {name['addr']}, expected {me}"
+        agent.connect(s, peer, PORT).check(f"client {n}'s connect to the peer's listener")
+        name = agent.getsockname(s)
+        port = name.port
+        ports.append(port)
+        record("ports", " ".join(map(str, ports)))
+        assert name.addr == me, f"client {n}: getsockname address {name.addr}, expected {me}"
         assert RANGE[0] <= port <= RANGE[1], \
             f"client {n} got source port {port}, outside ip_local_port_range {RANGE[0]}-{RANGE[1]}"
         net.wire.expect(tcp(src=me, dport=PORT, flags="S", sport=port), f"client {n}'s SYN from port {port}")
         syns = net.wire.tcp(src=me, dport=PORT, flags="S")
-        assert {x.sport for x in syns} <= set(ports) | {port}, \
+        assert {x.sport for x in syns} <= set(ports), \
             f"a SYN left from a port getsockname never reported: {[str(x) for x in syns]}"
-        assert net.wait_state(net.target, "ESTABLISHED", sport=port, dport=PORT), \
+        assert net.target.wait_state("ESTABLISHED", sport=port, dport=PORT), \
             f"the kernel has no ESTABLISHED socket from port {port}"
-        ports.append(port)
 
-    assert len(set(ports)) == CLIENTS, f"the {CLIENTS} concurrent clients share ports: {ports}"
-    kernel_ports = sorted(x.sport for x in net.sockets(net.target, state="ESTABLISHED", dport=PORT))
-    assert kernel_ports == sorted(ports), f"kernel table ports {kernel_ports}, getsockname said {sorted(ports)}"
-    record("ports", " ".join(map(str, ports)))
     record.key("in range", f"{min(ports)}..{max(ports)}")
+    assert len(set(ports)) == CLIENTS, f"the {CLIENTS} concurrent clients share ports: {ports}"
+    kernel_ports = sorted(x.sport for x in net.target.sockets("ESTABLISHED", dport=PORT))
+    assert kernel_ports == sorted(ports), f"kernel table ports {kernel_ports}, getsockname said {sorted(ports)}"
 
 
 def test_ephemeral_port_zero(net, agent, family, record):
     """bind() to port 0 lets the kernel choose: getsockname reports it, the kernel listens there."""
     narrow_range(net, record)
     server = net.target.addr(family)
-    ls = agent.socket("tcp", family).h
-    agent.bind(ls, server, 0).check()
-    agent.listen(ls, 4).check()
-    name = agent.getsockname(ls).check()
-    port = int(name["port"])
-    assert name["addr"] == server, f"getsockname address {name['addr']}, expected {server}"
+    ls = agent.listener(server, 0)
+    name = agent.getsockname(ls)
+    port = name.port
+    record("port", port)
+    record.key("kernel port", str(port))
+    assert name.addr == server, f"getsockname address {name.addr}, expected {server}"
     assert port != 0, "getsockname reports port 0 after listen(): the kernel's choice is not reported"
     assert RANGE[0] <= port <= RANGE[1], \
         f"bind to port 0 gave port {port}, outside ip_local_port_range {RANGE[0]}-{RANGE[1]}"
 
-    rows = net.sockets(net.target, state="LISTEN")
-    assert [(x.src, x.sport) for x in rows] == [(server, port)], \
-        f"the kernel should listen on {server}:{port} only: {[str(x) for x in rows]}"
+    rows = net.target.sockets("LISTEN")
+    assert [(x.src, x.sport) for x in rows] == [(server, port)], f"the kernel should listen on {server}:{port} only"
 
     client = net.peer_connect(family, server, port)
-    assert connected(client, 2.0) == 0, f"a connect to the reported port {port} did not complete"
+    assert connected(client) == 0, f"a connect to the reported port {port} did not complete"
     cport = client.getsockname()[1]
     syn = net.wire.expect(tcp(sport=cport, dport=port, flags="S"), f"the peer's SYN to port {port}")
     net.wire.expect(tcp(sport=port, dport=cport, flags="SA", ack=syn.seq + 1), f"a SYN-ACK from port {port}")
-    a = agent.accept(ls, 2.0).check()
-    assert int(a["port"]) == cport, \
-        f"accept() on the port-0 listener returned the peer port {a['port']}, expected {cport}"
-
-    record("port", port)
-    record.key("kernel port", str(port))
+    a = agent.accept(ls).check("accept on the port-0 listener")
+    assert a.port == cport, f"accept() on the port-0 listener returned the peer port {a.port}, expected {cport}"

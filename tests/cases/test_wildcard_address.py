@@ -1,6 +1,6 @@
 """A listener bound to the wildcard address takes connections to every local address; a specific one does not.
 
-Seed 002: "通配地址:一台机器有两块网卡,向这两块网卡发送的IP包都会被处理 (IPv4:INADDR_ANY;
+Seed 002 (docs/seeds.md): "通配地址:一台机器有两块网卡,向这两块网卡发送的IP包都会被处理 (IPv4:INADDR_ANY;
 IPv6:IN6ADDR_ANY)" and "可以把地址设置为本机IP地址 — 告诉操作系统内核,仅仅对目标IP是本机IP地址的IP包进行处理".
 
 The target gets a second address on its link (SECOND4 / SECOND6, nodad), and the
@@ -9,9 +9,8 @@ link's first two addresses). A connect to an address the listener is not bound
 to finds no listener: the kernel answers the SYN with an RST.
 """
 from conformance.capture import tcp
-from conformance.case import connected
+from conformance.case import PORT, connected
 
-PORT = 7878
 SECOND4, SECOND6 = "198.51.100.3", "2001:db8::3"
 WILDCARD = {"v4": "0.0.0.0", "v6": "::"}
 
@@ -24,67 +23,62 @@ def test_wildcard_any(net, agent, family, record):
     """A listener on INADDR_ANY / in6addr_any accepts connections to both of the target's addresses."""
     first, second = net.target.addr(family), add_second_address(net, family)
     client_addr = net.peer.addr(family)
-    ls = agent.socket("tcp", family).h
-    agent.bind(ls, WILDCARD[family], PORT).check()
-    agent.listen(ls, 4).check()
+    ls = agent.listener(WILDCARD[family], PORT)
 
     used = []
     for dst in (first, second):
-        client = net.peer_connect(family, dst, PORT)
-        err = connected(client, 2.0)
+        client = net.peer_connect(family, dst)
+        err = connected(client)
         assert err == 0, f"a connect to {dst}:{PORT} did not reach the wildcard listener (errno {err!r})"
         cport = client.getsockname()[1]
         syn = net.wire.expect(tcp(sport=cport, dst=dst, dport=PORT, flags="S"), f"the SYN to {dst}")
         net.wire.expect(tcp(src=dst, sport=PORT, dport=cport, flags="SA", ack=syn.seq + 1),
                         f"a SYN-ACK from {dst}")
-        a = agent.accept(ls, 2.0).check()
-        assert (a["addr"], int(a["port"])) == (client_addr, cport), \
-            f"accept() returned the peer {a['addr']}:{a['port']}, the client is {client_addr}:{cport}"
-        local = agent.getsockname(a.h).check()
-        assert (local["addr"], int(local["port"])) == (dst, PORT), \
-            f"the connection to {dst} was accepted with the local name {local['addr']}:{local['port']}"
-        assert net.wait_state(net.target, "ESTABLISHED", src=dst, sport=PORT, dport=cport), \
+        a = agent.accept(ls).check(f"accept the connection to {dst}")
+        assert a.endpoint == (client_addr, cport), \
+            f"accept() returned the peer {a.addr}:{a.port}, the client is {client_addr}:{cport}"
+        local = agent.getsockname(a.h)
+        used.append(local.addr)
+        record("accepted_local_addrs", " ".join(used))
+        assert local.endpoint == (dst, PORT), \
+            f"the connection to {dst} was accepted with the local name {local.addr}:{local.port}"
+        assert net.target.wait_state("ESTABLISHED", src=dst, sport=PORT, dport=cport), \
             f"the kernel has no ESTABLISHED socket {dst}:{PORT} for the client port {cport}"
-        used.append(local["addr"])
 
-    assert not net.wire.tcp(sport=PORT, has="R"), "a connection to the wildcard listener was refused"
-    name = agent.getsockname(ls).check()
-    assert (name["addr"], int(name["port"])) == (WILDCARD[family], PORT), \
-        f"the listener's name is {name['addr']}:{name['port']}, expected {WILDCARD[family]}:{PORT}"
-    rows = net.sockets(net.target, state="LISTEN", sport=PORT)
-    assert [x.src for x in rows] == [WILDCARD[family]], \
-        f"the kernel should show one LISTEN socket on {WILDCARD[family]}: {[str(x) for x in rows]}"
-    record("accepted_local_addrs", " ".join(used))
     record.key("both addrs")
+    assert not net.wire.tcp(sport=PORT, has="R"), "a connection to the wildcard listener was refused"
+    name = agent.getsockname(ls)
+    assert name.endpoint == (WILDCARD[family], PORT), \
+        f"the listener's name is {name.addr}:{name.port}, expected {WILDCARD[family]}:{PORT}"
+    rows = net.target.sockets("LISTEN", sport=PORT)
+    assert [x.src for x in rows] == [WILDCARD[family]], \
+        f"the kernel should show one LISTEN socket on {WILDCARD[family]}, shows {[x.src for x in rows]}"
 
 
 def test_wildcard_specific(net, agent, family, record):
     """A listener bound to one address refuses connections to the target's other address."""
     first, second = net.target.addr(family), add_second_address(net, family)
-    ls = agent.socket("tcp", family).h
-    agent.bind(ls, first, PORT).check()
-    agent.listen(ls, 4).check()
+    ls = agent.listener(first, PORT)
 
-    other = net.peer_connect(family, second, PORT)
-    err = connected(other, 2.0)
+    other = net.peer_connect(family, second)
+    err = connected(other)
     assert err == 111, f"a connect to the other address {second} gave {err!r}, expected ECONNREFUSED (111)"
     oport = other.getsockname()[1]
     syn = net.wire.expect(tcp(sport=oport, dst=second, dport=PORT, flags="S"), f"the SYN to {second}")
     rst = net.wire.expect(tcp(src=second, sport=PORT, dport=oport, has="R"), f"an RST from {second}")
+    record("rst", str(rst))
+    record.key("other addr: RST")
     assert rst.flags == "RA" and rst.ack == (syn.seq + 1) % 2**32, f"the RST must ack the SYN: {rst}"
     assert not net.wire.tcp(src=second, sport=PORT, has="S"), f"{second} answered with a SYN-ACK"
 
-    mine = net.peer_connect(family, first, PORT)
-    assert connected(mine, 2.0) == 0, f"a connect to the bound address {first} did not complete"
+    mine = net.peer_connect(family, first)
+    assert connected(mine) == 0, f"a connect to the bound address {first} did not complete"
     mport = mine.getsockname()[1]
-    a = agent.accept(ls, 2.0).check()
-    assert int(a["port"]) == mport, f"accept() returned the peer port {a['port']}, expected {mport}"
-    local = agent.getsockname(a.h).check()
-    assert local["addr"] == first, f"the accepted connection's local address is {local['addr']}, expected {first}"
-    rows = net.sockets(net.target, state="LISTEN", sport=PORT)
-    assert [x.src for x in rows] == [first], f"the kernel should show one LISTEN socket on {first}: {rows}"
-    assert not net.sockets(net.target, src=second, sport=PORT), \
-        f"the kernel has a socket on {second}:{PORT}: {net.sockets(net.target, src=second)}"
-
-    record("rst", str(rst))
-    record.key("other addr: RST")
+    a = agent.accept(ls).check(f"accept the connection to {first}")
+    assert a.port == mport, f"accept() returned the peer port {a.port}, expected {mport}"
+    local = agent.getsockname(a.h)
+    assert local.addr == first, f"the accepted connection's local address is {local.addr}, expected {first}"
+    rows = net.target.sockets("LISTEN", sport=PORT)
+    assert [x.src for x in rows] == [first], \
+        f"the kernel should show one LISTEN socket on {first}, shows {[x.src for x in rows]}"
+    assert not net.target.sockets(src=second, sport=PORT), f"the kernel has a socket on {second}:{PORT}"
