@@ -11,7 +11,7 @@ HOSTILE = {
     # closes its stdout but keeps running: the harness must not wait on it forever
     "closes-stdout": READY + "import os, sys, time\nsys.stdin.readline()\nos.close(1)\ntime.sleep(60)",
     # closes its stdin (it will never read a command) and keeps running
-    "closes-stdin": READY + "import os, time\nos.close(0)\ntime.sleep(60)",
+    "closes-stdin": "import os, time\nos.close(0)\n" + READY + "time.sleep(60)",
     # floods stderr without end
     "floods-stderr": READY + "import sys\nsys.stdin.readline()\nwhile True:\n    sys.stderr.write('x' * 65536)",
     # escape sequences in a reply's message and on stderr
