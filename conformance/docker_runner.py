@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .targets import BuildError, ImageRecipe, Target, builtin_targets, cache_dir, find_tool
 
-OWNER_LABEL = "tcc.owner"
+OWNER_LABEL = "tcc.owner"  # the owning run's lease id (conformance/lease.py)
+SPACE_LABEL = "tcc.lockspace"  # the lockspace in which that lease can be judged
 SUITE_LABEL = "tcc.suite"
 DEBIAN_SUITE = "bookworm"
 
@@ -51,8 +52,10 @@ def apt_mirror() -> str | None:
 
 
 class DockerRunner:
-    def __init__(self, runtime: str = "runc"):
+    def __init__(self, runtime: str = "runc", owner: tuple[str, str] | None = None):
+        """owner: (lockspace, lease id) of the run whose containers these are (conformance/lease.py)."""
         self.runtime = runtime
+        self.owner = owner
         self._client = None
         self._images: dict[str, str] = {}
 
@@ -167,8 +170,14 @@ class DockerRunner:
         # The CLI dies with the harness (PR_SET_PDEATHSIG); its end closes the container's stdin,
         # the agent exits at EOF and --rm removes the container.
         return ["setpriv", "--pdeathsig", "KILL", docker, "run", "-i", "--rm", "--name", container, "--network", "none", "--runtime", self.runtime,
-                "--label", f"{OWNER_LABEL}={os.getpid()}", "--label", f"{SUITE_LABEL}=agent",
+                *self._owner_labels(), "--label", f"{SUITE_LABEL}=agent",
                 "--log-driver", "none", image]
+
+    def _owner_labels(self) -> list[str]:
+        if self.owner is None:
+            raise DockerUnavailable("no lease for this run's containers (conformance/lease.py)")
+        space, lease = self.owner
+        return ["--label", f"{OWNER_LABEL}={lease}", "--label", f"{SPACE_LABEL}={space}"]
 
     def pid(self, container: str) -> int:
         """The host PID of the container's first process (whose network namespace the case wires)."""
@@ -187,26 +196,31 @@ class DockerRunner:
             pass
 
 
-def sweep_containers() -> list[str]:
-    """Remove the suite's containers whose owner process is gone (a killed run). Returns their names."""
-    from .topology import pid_alive
+def sweep_containers() -> tuple[list[str], list[str]]:
+    """Remove the suite's containers whose owning run is gone (its lease is free: conformance/lease.py).
+
+    Returns (names removed, notes): a container whose owner cannot be judged from here (another
+    lockspace: another host or /run) is left alone and noted; a listing that fails is noted too."""
+    from .lease import owner_alive
 
     if not os.path.exists("/var/run/docker.sock") and not os.environ.get("DOCKER_HOST"):
-        return []  # no engine here: nothing of ours can be running in one
+        return [], []  # no engine here: nothing of ours can be running in one
     try:
         import docker
 
         client = docker.from_env(timeout=10)
         containers = client.containers.list(all=True, filters={"label": OWNER_LABEL})
-    except Exception:
-        return []
-    removed = []
+    except Exception as e:  # the SDK raises several kinds for "no engine"
+        return [], [f"could not list Docker containers to sweep ({type(e).__name__}: {e})"]
+    removed, notes = [], []
     for c in containers:
-        owner = c.labels.get(OWNER_LABEL, "")
-        if owner.isdigit() and int(owner) != os.getpid() and not pid_alive(int(owner)):
+        alive = owner_alive(c.labels.get(SPACE_LABEL, ""), c.labels.get(OWNER_LABEL, ""))
+        if alive is None:
+            notes.append(f"left container {c.name}: its owner cannot be judged from here")
+        elif not alive:
             try:
                 c.remove(force=True)
                 removed.append(c.name)
-            except Exception:
-                pass
-    return removed
+            except Exception as e:
+                notes.append(f"could not remove container {c.name} of a dead run: {e}")
+    return removed, notes

@@ -66,7 +66,10 @@ class Reporter:
                     else "is gone; run with --update-expectations to remove it from")
             write(f"declared difference {d.target} {d.case} ({d.reason}) {verb} {opt('--expectations')}")
         if run.swept:
-            write(f"swept {len(run.swept)} namespace(s) left by killed runs or workers: {', '.join(run.swept)}")
+            write(f"swept {len(run.swept)} namespace(s) or container(s) left by killed runs or workers: "
+                  f"{', '.join(run.swept)}")
+        for note in run.notes:
+            write(f"sweep: {note}")
         if self.records:
             try:
                 kept = run.pcap_dir.exists() and any(run.pcap_dir.iterdir())

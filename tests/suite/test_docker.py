@@ -7,7 +7,7 @@ import pytest
 from conformance import compare
 from conformance.docker_runner import OWNER_LABEL, DockerRunner, DockerUnavailable
 
-from .helpers import run_suite
+from .helpers import ROOT, run_suite
 
 MISSION = ["tests/cases/test_handshake.py", "tests/cases/test_refused.py", "tests/cases/test_timedout.py",
            "tests/cases/test_queue_full.py", "tests/cases/test_time_wait.py"]
@@ -50,15 +50,17 @@ def test_one_target_in_docker_others_in_namespaces(engine, tmp_path):
     assert runners == {"c": "namespace", "go": "docker"}
 
 
-def test_unknown_oci_runtime_is_skipped_with_its_reason(engine, tmp_path):
+@pytest.mark.parametrize("ci,outcome", [("", "skipped"), ("true", "failed")])
+def test_unknown_oci_runtime_is_skipped_with_its_reason_but_fails_in_ci(engine, tmp_path, ci, outcome):
     code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4", "--targets", "c",
-                                       "--runner", "docker", "--docker-runtime", "no-such-runtime", "-rs")
-    assert outcomes == {"test_refused[v4-c]": "skipped"}, output
+                                       "--runner", "docker", "--docker-runtime", "no-such-runtime", "-rs",
+                                       env={"CI": ci})
+    assert outcomes == {"test_refused[v4-c]": outcome}, output
     assert "OCI runtime 'no-such-runtime' is not configured" in output
 
 
 def test_without_engine_docker_cases_skip_and_the_default_run_is_unaffected(tmp_path):
-    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "CI": ""}
     code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4",
                                        "--targets", "python,c", "--runner", "c=docker", "-rs", env=env)
     assert outcomes == {"test_refused[v4-python]": "passed", "test_refused[v4-c]": "skipped"}, output
@@ -75,23 +77,52 @@ def test_bad_runner_is_a_usage_error(tmp_path, spec, message):
     assert code == 4 and message in output and not outcomes
 
 
-def test_containers_of_a_killed_run_are_swept(engine, tmp_path):
-    """A container whose owner died (a run killed outright) is removed when the next run starts."""
+def test_sweep_removes_containers_of_dead_runs_only(engine, tmp_path):
+    """Ownership holds across PID namespaces and hosts: a container whose run's lease is free is removed;
+    one whose lease is held (a live run, whatever its PID) stays; one of another lockspace (another host or
+    /run) is left alone and noted."""
     import subprocess
+    import sys
 
+    from conformance.docker_runner import SPACE_LABEL, sweep_containers
+    from conformance.lease import LEASE_DIR, Lease, lockspace
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from conformance.lease import Lease; "
+                               "l = Lease(); print(l.space, l.id, flush=True); sys.stdin.read()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    space, live = holder.stdout.readline().split()
+    dead = Lease()
+    dead_id = dead.id
+    os.close(dead._fd)  # its run died: the lock is free, the file stays
+    dead._fd = -1
+    image = DockerRunner().image("c")
+    made = {}
+    try:
+        for name, (sp, owner) in {"dead": (space, dead_id), "live": (space, live),
+                                  "elsewhere": ("0" * 32, "f" * 32)}.items():
+            made[name] = engine.containers.create(image, stdin_open=True, network_mode="none",
+                                                  name=f"tcc-sweeptest-{name}-{os.getpid()}",
+                                                  labels={OWNER_LABEL: owner, SPACE_LABEL: sp})
+        removed, notes = sweep_containers()
+        present = {c.name for c in engine.containers.list(all=True, filters={"label": OWNER_LABEL})}
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        for c in made.values():
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
+    assert space == lockspace() and os.path.isdir(LEASE_DIR)
+    assert made["dead"].name not in present, "the container of a run whose lease is free stayed"
+    assert made["live"].name in present, "the sweep removed the container of a live run"
+    assert made["elsewhere"].name in present, "the sweep removed a container whose owner it cannot judge"
+    assert any(made["elsewhere"].name in n and "cannot be judged" in n for n in notes), notes
+
+
+def test_a_sweep_that_cannot_list_says_so(tmp_path, monkeypatch):
     from conformance.docker_runner import sweep_containers
 
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    image = DockerRunner().image("c")
-    container = engine.containers.create(image, stdin_open=True, network_mode="none", name=f"tcc{dead.pid}-zzc",
-                                         labels={OWNER_LABEL: str(dead.pid)})
-    try:
-        sweep_containers()  # (another run on this machine may sweep it first: either way it must be gone)
-        gone = not engine.containers.list(all=True, filters={"name": f"tcc{dead.pid}-zzc"})
-    finally:
-        try:
-            container.remove(force=True)
-        except Exception:
-            pass
-    assert gone, "the sweep left the container of a dead owner"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    removed, notes = sweep_containers()
+    assert removed == [] and notes and notes[0].startswith("could not list Docker containers to sweep")
