@@ -15,11 +15,14 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from pyroute2 import DiagSocket
+
+from . import privilege
 from .agent import Agent
 from .capture import Capture
 from .targets import Target
 from .timing import WAIT, slack
-from .topology import Host, Topology, new_base
+from .topology import ALL_STATES, Host, Topology, new_base
 
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
 CLOSED_PORT = 9  # a port nothing listens on
@@ -74,7 +77,7 @@ class Connection:
         self.sock.close()
 
 
-def launcher(ns: str) -> list[str]:
+def launcher(ns: str, uid: int = 0) -> list[str]:
     """argv prefix that runs a command inside namespace ns, in a PID namespace of its own.
 
     The agent dies with the harness (PR_SET_PDEATHSIG, kept across exec), so even
@@ -82,10 +85,11 @@ def launcher(ns: str) -> list[str]:
     namespace (util-linux unshare --pid --fork --kill-child): when the unshare
     process (the PID the harness holds) is killed, the agent is killed, and with
     it every process it started, whatever signals they ignore: a wrapper script
-    without exec or an agent that forks leaves nothing running.
+    without exec or an agent that forks leaves nothing running. The agent itself
+    runs without capabilities, as uid (conformance/privilege.py).
     """
     return ["setpriv", "--pdeathsig", "KILL", "ip", "netns", "exec", ns,
-            "unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--"]
+            "unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--", *privilege.drop(uid)]
 
 
 class Net:
@@ -128,7 +132,10 @@ class Net:
         """Start target's agent inside the target namespace (under the Docker runner: the container's)."""
         if self._container:
             return self.agents[0]
-        agent = Agent(target.name, target.argv(), launcher(self.target.ns), deadline=self.agent_deadline)
+        argv = target.argv()
+        uid, why = privilege.agent_uid(argv)
+        agent = Agent(target.name, argv, launcher(self.target.ns, uid), deadline=self.agent_deadline)
+        agent.uid, agent.uid_reason = uid, why
         self.agents.append(agent)
         return agent
 
@@ -222,6 +229,55 @@ def peer_recv_outcome(sock: socket.socket, timeout: float = WAIT) -> str:
     except OSError as e:
         return errno.errorcode.get(e.errno, f"errno {e.errno}") if e.errno else type(e).__name__
     return f"read {data!r}"
+
+
+# -- how a connection ended: the wire, and the kernel's shutdown state ----------------------------
+def how_ended(wire: Capture, end: End, timeout: float = 1.0) -> str:
+    """How `end` ended its side of the connection on the wire: "FIN", "RST", "FIN, then RST", or
+    "nothing" when neither a FIN nor an RST from it came within timeout (bounded, scaled).
+
+    Judged from the first segment from `end` carrying a FIN or an RST (waiting for it), and any RST
+    from it seen by then. Ask it first after a close() or shutdown(): whatever a case checks next
+    (CLOSE_WAIT, TIME_WAIT, end of file) is a consequence of it."""
+    from_end = lambda s: (s.proto == "tcp" and s.src == end.addr  # noqa: E731
+                          and s.sport == end.port and s.dport == end.remote_port)
+    found = wire.wait_for(lambda s: from_end(s) and ("F" in s.flags or "R" in s.flags), timeout)
+    if not found:
+        return "nothing"
+    if "R" in found[0].flags:
+        return "RST"
+    return "FIN, then RST" if [s for s in wire.segments() if from_end(s) and "R" in s.flags] else "FIN"
+
+
+def assert_fin(wire: Capture, end: End, step: str = "close()", timeout: float = 1.0) -> str:
+    """`end`'s step (its close() or shutdown(SHUT_WR)) sent a FIN, not an RST; fails naming what it sent."""
+    how = how_ended(wire, end, timeout)
+    assert how == "FIN", {
+        "RST": f"the {end.role}'s {step} sent an RST, not a FIN",
+        "FIN, then RST": f"the {end.role}'s {step} sent a FIN, then an RST",
+        "nothing": f"the {end.role}'s {step} sent no FIN (no FIN or RST from it on the wire)",
+    }[how]
+    return how
+
+
+SHUTDOWN = {0: "none", 1: "rd", 2: "wr", 3: "rdwr"}  # sk_shutdown: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
+
+
+def shut_down(end: End) -> str | None:
+    """The directions the kernel has shut down on `end`'s socket (sock_diag's INET_DIAG_SHUTDOWN):
+    "none", "rd", "wr" or "rdwr"; None when its host has no such socket. shutdown(SHUT_WR) shows
+    "wr"; a FIN received adds "rd"; close() shuts both."""
+
+    def run():
+        with DiagSocket() as ds:
+            ds.bind()
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for m in ds.get_sock_stats(family=fam, protocol=socket.IPPROTO_TCP, states=ALL_STATES):
+                    if (m["idiag_src"], m["idiag_sport"], m["idiag_dport"]) == (end.addr, end.port, end.remote_port):
+                        return SHUTDOWN.get(m.get_attr("INET_DIAG_SHUTDOWN") or 0, "?")
+        return None
+
+    return end.host.call(run)
 
 
 def abort(sock: socket.socket) -> None:

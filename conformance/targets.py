@@ -32,12 +32,19 @@ class BuildError(Exception):
     """A target could not be built: says which tool and how to get it."""
 
 
+SYSTEM_CACHE = "/var/cache/tcp-conformance"  # root's default: agents built there run as an unprivileged uid
+
+
 def cache_dir() -> Path:
-    base = os.environ.get("TCC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tcp-conformance"
-    )
+    """Where built agents are kept: $TCC_CACHE, else (as root) /var/cache/tcp-conformance, readable by the
+    unprivileged uid agents run as (conformance/privilege.py), else $XDG_CACHE_HOME or ~/.cache."""
+    base = os.environ.get("TCC_CACHE")
+    if not base and os.geteuid() == 0:
+        base = SYSTEM_CACHE
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tcp-conformance")
     path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o755, parents=True, exist_ok=True)
     return path
 
 

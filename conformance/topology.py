@@ -64,6 +64,7 @@ BASE_SYSCTLS = {
     "net.ipv4.tcp_syncookies": "1",
     "net.ipv4.tcp_max_tw_buckets": "262144",
     "net.ipv4.ip_local_port_range": "32768 60999",
+    "net.ipv4.ip_unprivileged_port_start": "0",  # agents run as an unprivileged uid (conformance/privilege.py)
 }
 
 _counter = itertools.count(1)

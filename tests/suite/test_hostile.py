@@ -1,5 +1,6 @@
 """Agents are untrusted programs: whatever they print or do, the harness stays bounded."""
 import sys
+import tempfile
 import time
 
 import pytest
@@ -114,3 +115,47 @@ def pids_running(script):
         except FileNotFoundError:
             pass
     return alive
+
+
+ESCAPES = """#!/bin/sh
+echo "ready proto=1 lang=sh version=1 pid=$$"
+did=""
+nsenter --net=/proc/1/ns/net true 2>/dev/null && did="$did,nsenter"
+unshare --net true 2>/dev/null && did="$did,unshare"
+echo tcc-hostile > /proc/sys/kernel/domainname 2>/dev/null && did="$did,host-sysctl"
+echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null && did="$did,netns-sysctl"
+mount -t tmpfs tcc-hostile /mnt 2>/dev/null && did="$did,mount"
+touch /etc/tcc-hostile 2>/dev/null && did="$did,write-etc"
+read line
+echo "unsupported 1 msg=did:${did:-nothing}"
+read line
+"""
+
+
+def test_an_agent_cannot_leave_its_sandbox():
+    """An agent that tries to enter the host's namespace, to write a host sysctl, to mount and to write the
+    host's files fails at each: it runs without capabilities, with no_new_privs, as an unprivileged uid."""
+    import os
+    import subprocess
+
+    from conformance.case import Net
+    from conformance.privilege import AGENT_UID
+    from conformance.targets import Target
+
+    folder = tempfile.mkdtemp(prefix="tcc-escape-", dir="/tmp")  # pytest's tmp_path is private to root
+    os.chmod(folder, 0o755)
+    script = os.path.join(folder, "escape.sh")
+    with open(script, "w") as f:
+        f.write(ESCAPES)
+    os.chmod(script, 0o755)
+    before = (open("/proc/sys/kernel/domainname").read(), os.path.exists("/etc/tcc-hostile"),
+              open("/proc/self/mountinfo").read().count("tcc-hostile"))
+    with Net() as net:
+        agent = net.start(Target("escape", ["/bin/sh", str(script)]))
+        reply = agent.call("socket tcp inet")
+    after = (open("/proc/sys/kernel/domainname").read(), os.path.exists("/etc/tcc-hostile"),
+             open("/proc/self/mountinfo").read().count("tcc-hostile"))
+    subprocess.run(["rm", "-rf", folder], check=True)
+    assert agent.uid == AGENT_UID, agent.uid_reason
+    assert reply.msg == "did:nothing", f"the agent got out: {reply.msg}"
+    assert after == before, "the host changed"
