@@ -68,7 +68,8 @@ class Reply:
 
     @property
     def msg(self) -> str:
-        return self.fields.get("msg", "")
+        """The agent's own message, control characters escaped (printable)."""
+        return printable(str(self.fields.get("msg", "")))
 
     def __getitem__(self, key):
         return self.fields[key]
@@ -220,7 +221,7 @@ class Agent:
 
     @property
     def version(self) -> str:
-        return self.info.get("version", "")
+        return printable(str(self.info.get("version", "")))
 
     # -- low level -------------------------------------------------------
     def _stderr_tail(self) -> str:
