@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -39,11 +40,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="how many runs (default 20)")
     parser.add_argument("--workers", default="8", help="pytest-xdist workers (default 8)")
     parser.add_argument("--hogs", type=int, default=os.cpu_count(), help="CPU hogs (default: one per core)")
-    parser.add_argument("--out", default="/tmp/tcp-conformance/flakiness", help="where the JUnit reports go")
+    parser.add_argument("--out", default=None, help="where the JUnit reports go (default: a new private folder)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or tempfile.mkdtemp(prefix="tcc-flakiness-"))  # private (0700): never a path others know
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    print(f"JUnit reports in {out}", flush=True)
     # The hogs die with this script even if it is killed outright (PR_SET_PDEATHSIG), and
     # SIGTERM ends it through the same cleanup as Ctrl-C.
     signal.signal(signal.SIGTERM, _sigterm)
