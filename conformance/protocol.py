@@ -45,7 +45,7 @@ ARG_KINDS = {
     "MS": "milliseconds >= 1, or none",
     "HEX": "bytes in hexadecimal, - for none",
     "BACKLOG": "a number, or default",
-    "MAX": "a byte count >= 0",
+    "MAX": "a byte count, 1 to 1048576 (0 is badarg: it would read as end of file)",
     "HOW": "rd, wr or rdwr",
     "OPT": "an option name, see OPTIONS",
     "VALUE...": "the option's value(s)",
@@ -73,7 +73,7 @@ OPTIONS = {
     "reuseaddr": "0|1",
     "linger": "ONOFF SECONDS",
     "syncnt": "N",
-    "user_timeout": "MS",
+    "user_timeout": "N",  # TCP_USER_TIMEOUT in ms as is: 0 is the kernel's default; not an MS (none is badarg)
     "nonblock": "0|1",
 }
 

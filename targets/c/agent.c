@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAXLINE 4096          /* bytes in a command line, its '\n' included */
+#define MAXLINE 4096          /* bytes in a command line, its '\n' not counted */
 #define MAXWORDS 8            /* words kept per line; more only ever means badline */
 #define MAXRECV (1 << 20)     /* largest recv MAX */
 #define NONE (-1LL)           /* MS = none */
@@ -653,12 +653,12 @@ static void reply(enum status st)
  * EOF, else 0 with *bad set if the line is not acceptable. */
 static int read_line(char *line, const char **bad)
 {
-    int c, len = 0, total = 0, ascii = 1;
+    int c, len = 0, total = 0, ascii = 1;  /* total: the line's bytes, its '\n' not counted */
 
     while ((c = getchar()) != EOF) {
-        total++;
         if (c == '\n')
             break;
+        total++;
         if (c >= 0x80)
             ascii = 0;
         if (len < MAXLINE)

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -23,7 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const maxLine = 4096
+const maxLine = 4096 // bytes in a command line, its newline not counted
 
 // protoErr: the command itself is wrong; reply `proto CODE`.
 type protoErr struct{ code, msg string }
@@ -718,8 +719,8 @@ func (a *agent) execute(line string) string {
 }
 
 // readLine returns one line without its newline, and whether it was too
-// long (more than maxLine bytes counting the newline, as the Python agent
-// counts); only the start of a too long line is kept, the rest is dropped.
+// long (more than maxLine bytes, the newline not counted); only the start of
+// a too long line is kept, the rest is dropped.
 func readLine(r *bufio.Reader) (line []byte, tooLong bool, err error) {
 	for {
 		chunk, err := r.ReadSlice('\n')
@@ -729,13 +730,14 @@ func readLine(r *bufio.Reader) (line []byte, tooLong bool, err error) {
 		if err == bufio.ErrBufferFull {
 			continue
 		}
+		line = bytes.TrimSuffix(line, []byte("\n"))
 		if len(line) > maxLine {
 			return line, true, nil
 		}
 		if err == io.EOF && len(line) > 0 {
 			err = nil
 		}
-		return []byte(strings.TrimRight(string(line), "\n")), false, err
+		return line, false, err
 	}
 }
 

@@ -14,6 +14,7 @@ import urllib.parse
 FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 SHUT = {"rd": socket.SHUT_RD, "wr": socket.SHUT_WR, "rdwr": socket.SHUT_RDWR}
+MAX_LINE = 4096  # bytes in a command line, its newline not counted
 
 
 class Proto(Exception):
@@ -242,7 +243,7 @@ def serve(stream):
         start = time.monotonic_ns()
         line = ""
         try:
-            if len(raw) > 4096:
+            if len(raw) - raw.endswith(b"\n") > MAX_LINE:
                 raise Proto("badline", "line too long")
             try:
                 line = raw.decode("ascii").rstrip("\n")

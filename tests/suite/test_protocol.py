@@ -5,11 +5,13 @@ here only talk over the namespace's loopback.
 """
 import re
 import sys
+import time
 
 import pytest
 
 from conformance import protocol
 from conformance.agent import Agent, AgentError, parse_reply
+from conformance.timing import slack
 
 from .helpers import ROOT
 
@@ -176,3 +178,191 @@ def test_agent_with_another_protocol_is_refused_at_start(tmp_path, ready, reason
     script.write_text(f"import sys, time\nprint({ready!r}, flush=True)\ntime.sleep(30)\n")
     with pytest.raises(AgentError, match=re.escape(reason)):
         Agent("other", [sys.executable, str(script)], deadline=5)
+
+
+# -- Rules of targets/PROTOCOL.md that agents written from it alone had to guess (issue 11, hc). --
+
+AT_ONCE_MS = 500  # ms (through slack): a call that must not wait took less than this
+
+PRECEDENCE = [
+    # command (handle 1 exists, a fresh TCP socket), the proto code that wins, why
+    ("bogus 1 2 3 4 5 6 7 8 9 10", "badop", "unknown command with too many arguments: badop"),
+    ("bogus", "badop", "unknown command with no arguments: badop"),
+    ("close", "badline", "too few arguments"),
+    ("close 999 extra", "badline", "the argument count before the handle"),
+    ("close x extra", "badline", "the argument count before the handle's syntax"),
+    ("close -1", "badarg", "a handle that is not a number > 0 does not parse"),
+    ("close 0", "badhandle", "a number that names no handle"),
+    ("bind 999 not-an-address 80", "badhandle", "H comes first: a bad handle before a bad address"),
+    ("send 999 zz", "badhandle", "H comes first: a bad handle before bad hex"),
+    ("recv 999 0 0", "badhandle", "H comes first: a bad handle before a bad MAX and MS"),
+    ("setsockopt 999 nosuchopt 1", "badhandle", "H comes first: a bad handle before an unknown option"),
+    ("setsockopt 999 linger 1", "badhandle", "H comes first: a bad handle before a wrong value count"),
+    ("setsockopt 1 nosuchopt", "badarg", "an unknown option"),
+    ("setsockopt 1 nosuchopt 1 2 3", "badarg", "an unknown option, whatever its values"),
+    ("setsockopt 1 linger 1", "badline", "linger takes two values"),
+    ("setsockopt 1 linger x", "badline", "the value count before the values"),
+    ("setsockopt 1 linger 1 x", "badarg", "the right count, a value that does not parse"),
+    ("setsockopt 1 reuseaddr x", "badarg", "a value that does not parse"),
+    ("setsockopt 1 nonblock x", "badarg", "proto wins over unsupported (Go has no nonblock)"),
+    ("getsockopt 999 nosuchopt", "badhandle", "H comes first"),
+    ("accept 1 0", "badarg", "proto wins over err: MS 0 before EINVAL of a socket that does not listen"),
+    ("recv 1 0 100", "badarg", "MAX 0 is badarg, not a receive that looks like end of file"),
+    ("recv 1 1048577 100", "badarg", "MAX above 1048576"),
+    ("setsockopt 1 user_timeout none", "badarg", "user_timeout takes a number of ms, 0 for the default"),
+    ("bogüs 1", "badline", "not ASCII before an unknown command"),
+    ("bogus " + "1" * 5000, "badline", "too long before an unknown command"),
+]
+
+
+@pytest.mark.parametrize("command,code,why", PRECEDENCE, ids=[f"{i}-{c}" for i, (_, c, _) in enumerate(PRECEDENCE)])
+def test_which_proto_code_wins(net, agent, command, code, why):
+    """A line with several problems gets the code of the first check that fails (PROTOCOL.md, `proto`):
+    the line, then the command word, then the argument count, then the arguments left to right."""
+    assert agent.socket("tcp", "v4").h == 1
+    agent.proc.stdin.write(command.encode() + b"\n")
+    agent.proc.stdin.flush()
+    reply = agent.receive(command, 5, raw=True)
+    assert (reply.status, reply.errno) == ("proto", code), f"{command[:40]!r} ({why}) -> {reply}"
+    assert agent.getsockname(1).status in ("ok", "unsupported"), "the agent must go on after a proto reply"
+
+
+def loopback_pair(agent, family, port):
+    """A listener, a client connected to it and the accepted socket, on the namespace's loopback."""
+    lo = "127.0.0.1" if family == "v4" else "::1"
+    ls = agent.listener(lo, port)
+    c = agent.socket("tcp", family).h
+    agent.connect(c, lo, port, 2.0).check("connect on loopback")
+    a = agent.accept(ls, 2.0).check("accept on loopback").h
+    return ls, c, a
+
+
+def test_line_limit_does_not_count_the_newline(net, agent):
+    """A command line of 4096 bytes (protocol.MAX_LINE, its newline not counted) is executed; 4097 is badline."""
+    _, c, a = loopback_pair(agent, "v4", 5010)
+    data = bytes(range(256)) * 7 + bytes(208)  # 2000 bytes, 4000 hex digits
+    head = f" {c} {data.hex()}"
+    line = "send" + " " * (protocol.MAX_LINE - 4 - len(head)) + head  # runs of spaces pad it to the limit
+    assert len(line) == protocol.MAX_LINE
+    r = agent.call(line, raw=True)
+    assert (r.status, r.get("n")) == ("ok", len(data)), f"a {len(line)}-byte line must be executed: {r}"
+    assert agent.recv_exactly(a, len(data)) == data
+    long = "send " + line[4:]
+    assert len(long) == protocol.MAX_LINE + 1
+    r = agent.call(long, raw=True)
+    assert (r.status, r.errno) == ("proto", "badline"), f"a {len(long)}-byte line must be badline: {r}"
+    t = agent.recv(a, 100, 0.2)
+    assert t.errno == "timeout", f"nothing of the too long line may be sent: {t}"
+    assert agent.getsockname(c).ok, "the agent must go on after a too long line"
+
+
+def test_nonblocking_wins_over_a_call_timeout(net, agent):
+    """On a non-blocking socket a call with MS 2000 fails at once (EAGAIN, EINPROGRESS), and the
+    socket stays non-blocking after it."""
+    ls = agent.listener("127.0.0.1", 5011)
+    agent.setsockopt(ls, "nonblock", 1).check("make the listener non-blocking")  # Go: unsupported, skipped
+    r = agent.accept(ls, 2.0)
+    assert r.errno in ("EAGAIN", "EWOULDBLOCK") and r.ms < slack(AT_ONCE_MS), \
+        f"accept with MS 2000 on a non-blocking listener must fail at once with EAGAIN: {r}"
+    assert agent.getsockopt(ls, "nonblock").value == "1", "the listener must stay non-blocking after the call"
+    c = agent.socket("tcp", "v4").h
+    agent.setsockopt(c, "nonblock", 1).check("make the client non-blocking")
+    r = agent.connect(c, "127.0.0.1", 5011, 2.0)
+    assert r.errno == "EINPROGRESS" and r.ms < slack(AT_ONCE_MS), \
+        f"connect with MS 2000 on a non-blocking socket must fail at once with EINPROGRESS: {r}"
+    assert net.target.wait_state("ESTABLISHED", dport=5011), "the non-blocking connect did not complete"
+    a = agent.accept(ls, 2.0).check("accept the queued connection on the non-blocking listener")
+    assert agent.getsockopt(a.h, "nonblock").value == "0", "a socket from accept starts blocking"
+    r = agent.recv(c, 100, 2.0)
+    assert r.errno in ("EAGAIN", "EWOULDBLOCK") and r.ms < slack(AT_ONCE_MS), \
+        f"recv with MS 2000 on a non-blocking socket must fail at once with EAGAIN: {r}"
+    assert agent.getsockopt(c, "nonblock").value == "1"
+
+
+@pytest.mark.parametrize("second", [None, 2.0], ids=["none", "2000"])
+def test_a_call_timeout_does_not_carry_over(net, agent, family, second):
+    """MS applies to its own call only: after a recv (an accept) that timed out at 100 ms, a recv
+    (an accept) with none or 2000 on the same handle waits for what comes 300 ms later."""
+    lo = "127.0.0.1" if family == "v4" else "::1"
+    ls = agent.listener(lo, 5012)
+    t = agent.accept(ls, 0.1)
+    assert t.errno == "timeout", f"accept with MS 100 on an empty queue must time out: {t}"
+    pending = agent.do("accept", ls, timeout=second, later=True)
+    time.sleep(0.3)
+    peer = net.target.socket(family)
+    try:
+        peer.settimeout(2.0)
+        peer.connect((lo, 5012))
+        a = pending.wait()
+        assert a.ok and a.ms >= 250, f"accept after a timed-out accept must wait for the connection: {a}"
+        t = agent.recv(a.h, 100, 0.1)
+        assert t.errno == "timeout", f"recv with MS 100 and nothing to read must time out: {t}"
+        pending = agent.do("recv", a.h, 100, timeout=second, later=True)
+        time.sleep(0.3)
+        peer.sendall(b"late")
+        r = pending.wait()
+        assert r.ok and r.data == b"late" and r.ms >= 250, \
+            f"recv after a timed-out recv must wait for the data sent 300 ms later: {r}"
+    finally:
+        peer.close()
+
+
+def test_getsockopt_nonblock_is_0_or_1(net, agent):
+    """getsockopt H nonblock answers value=0 or value=1: the mode the harness set, which a call with
+    its own timeout does not change."""
+    ls = agent.listener("127.0.0.1", 5013)
+    r = agent.getsockopt(ls, "nonblock")
+    assert r.check().value == "0", f"a new socket is blocking: {r}"  # Go: unsupported, skipped
+    assert agent.accept(ls, 0.1).errno == "timeout"
+    assert agent.getsockopt(ls, "nonblock").value == "0", "a timed call must leave the socket blocking"
+    agent.setsockopt(ls, "nonblock", 1).check()
+    assert agent.getsockopt(ls, "nonblock").value == "1"
+    agent.setsockopt(ls, "nonblock", 0).check()
+    assert agent.getsockopt(ls, "nonblock").value == "0"
+
+
+def test_user_timeout_zero_is_the_default(net, agent):
+    """user_timeout takes milliseconds as TCP_USER_TIMEOUT does: 0 is the kernel's default (no user
+    timeout), not badarg; `none` is badarg."""
+    _, c, _ = loopback_pair(agent, "v4", 5014)
+    assert agent.getsockopt(c, "user_timeout").check().value == "0", "the kernel's default is 0"
+    agent.setsockopt(c, "user_timeout", 1500).check()
+    assert agent.getsockopt(c, "user_timeout").value == "1500"
+    agent.setsockopt(c, "user_timeout", 0).check("user_timeout 0: back to the kernel's default")
+    assert agent.getsockopt(c, "user_timeout").value == "0"
+    r = agent.call(f"setsockopt {c} user_timeout none", raw=True)
+    assert (r.status, r.errno) == ("proto", "badarg"), r
+
+
+def test_recv_max_0_is_badarg(net, agent, family):
+    """recv H 0 is badarg (a receive of at most 0 bytes would look like end of file), even with data waiting."""
+    _, c, a = loopback_pair(agent, family, 5015)
+    assert agent.send(c, b"data").n == 4
+    r = agent.call(f"recv {a} 0 100", raw=True)
+    assert (r.status, r.errno) == ("proto", "badarg"), f"recv of 0 bytes must be badarg: {r}"
+    assert agent.recv_exactly(a, 4) == b"data", "the data must still be there"
+
+
+def test_ipv4_mapped_address_form(net, agent):
+    """A dual-stack inet6 listener on :: that accepts an IPv4 client reports the peer as ::ffff:127.0.0.1."""
+    ls = agent.listener("::", 5016)
+    c = agent.socket("tcp", "v4").h
+    r = agent.connect(c, "127.0.0.1", 5016, 2.0)
+    if r.errno == "ECONNREFUSED":
+        pytest.skip(f"{agent.name}: an inet6 listener on :: is IPv6-only (no IPv4-mapped address to report)")
+    r.check("connect an IPv4 client to the inet6 listener on ::")
+    a = agent.accept(ls, 2.0).check()
+    assert a["addr"] == "::ffff:127.0.0.1", f"the IPv4-mapped peer must be written ::ffff:127.0.0.1: {a}"
+    assert a.port == agent.getsockname(c).port
+    assert agent.getsockname(a.h).endpoint == ("::ffff:127.0.0.1", 5016)
+    assert agent.getpeername(a.h)["addr"] == "::ffff:127.0.0.1"
+
+
+def test_reply_fields_in_any_order_unknown_ignored():
+    """Reply fields come in any order and a field the harness does not know is kept, not an error."""
+    r = parse_reply("t", "accept 1 2000", "ok 3 port=80 x-extra=1 addr=2001:db8::2 h=2 msg=fine")
+    assert (r.h, r.endpoint, r.msg, r["x-extra"]) == (2, ("2001:db8::2", 80), "fine", "1")
+    r = parse_reply("t", "recv 1 10 none", "ok 3 data=6869 future=yes n=2")
+    assert (r.n, r.data, r.eof) == (2, b"hi", False)
+    r = parse_reply("t", "connect 1 ::1 9 none", "err ECONNREFUSED 7 msg=refused extra=1")
+    assert (r.outcome, r.msg) == ("ECONNREFUSED", "refused")
