@@ -30,12 +30,18 @@ def kernel_version(release: str | None = None) -> str:
 
 @dataclass
 class Difference:
-    index: int
+    index: int  # the entry's position in its file
     target: str
     case: str
     reason: str
     families: tuple = ()
     kernel: str = ""
+    path: str = ""  # the file that declares it
+
+    @property
+    def key(self) -> str:
+        """Names the entry across files: PATH#INDEX."""
+        return f"{self.path}#{self.index}"
 
     def matches(self, target: str, names, family: str | None, kernel: str) -> bool:
         """names: what the case is called: its full test name, its function, test_<matrix row>."""
@@ -82,8 +88,13 @@ def load(path: Path) -> list[Difference]:
             except InvalidSpecifier:
                 raise ExpectationsError(f"{where}: `kernel` {kernel!r} is not a version range like \">=6.5,<7\"") from None
         out.append(Difference(i, str(entry["target"]), str(entry["case"]), str(entry["reason"]),
-                              tuple(str(f) for f in families), str(kernel)))
+                              tuple(str(f) for f in families), str(kernel), str(path)))
     return out
+
+
+def load_all(paths) -> list[Difference]:
+    """Every file's differences, in order: files add to each other (a user's file beside the repository's)."""
+    return [d for path in paths for d in load(Path(path))]
 
 
 def remove(path: Path, indexes: set[int]) -> None:

@@ -86,10 +86,13 @@ def collect(reports) -> list[dict]:
 
 def document(records: list[dict], *, profile: str, sysctls: dict, kernel: str, kernel_version: str,
              targets: list[str]) -> dict:
-    runtimes = {}
+    runtimes, about = {}, {}
     for r in records:
         if r["runtime"]:
             runtimes.setdefault(r["target"], r["runtime"])
+        for field in ("command", "variant", "agent_uid"):
+            if r["observed"].get(field):
+                about.setdefault(r["target"], {}).setdefault(field, r["observed"][field])
     return {
         "schema": SCHEMA,
         "version": VERSION,
@@ -98,7 +101,7 @@ def document(records: list[dict], *, profile: str, sysctls: dict, kernel: str, k
         "kernel_version": kernel_version,
         "profile": profile,
         "sysctls": sysctls,
-        "targets": {t: {"runtime": runtimes.get(t, "")} for t in targets},
+        "targets": {t: {"runtime": runtimes.get(t, ""), **about.get(t, {})} for t in targets},
         "results": records,
     }
 

@@ -158,10 +158,17 @@ class Target:
     build: Callable[[], Path] | None = None
     image: ImageRecipe | None = None
     builtin: bool = False
+    variant: str = ""  # what distinguishes this target from another of the same runtime (recorded)
+    origin: str = "built-in"  # built-in, --add-target, or the target file that defines it
+    prepare: str = ""  # a target file's build step: a shell command run once per run, before any case
+    folder: Path | None = None  # where prepare runs (the target file's folder)
 
     def argv(self) -> list[str]:
         if self.build is not None:
             return [str(self.build())]
+        if self.folder is not None:  # a target file's command: relative files are from its folder
+            return [str(self.folder / a) if not os.path.isabs(a) and (self.folder / a).exists() else a
+                    for a in self.command]
         return list(self.command)
 
 
@@ -201,12 +208,76 @@ def parse_add_target(spec: str) -> Target:
         raise ValueError(f"--add-target {spec!r}: {e}") from None
     if not argv:
         raise ValueError(f"--add-target {spec!r}: empty COMMAND")
-    return Target(name, argv)
+    return Target(name, argv, origin="--add-target")
 
 
-def select_targets(selection: str | None, added: list[str]) -> dict[str, Target]:
-    """The targets of a run, in order: --targets picks among built-ins and added ones."""
+TARGET_KEYS = {"name", "command", "variant", "build", "image"}
+
+
+def load_target_file(path: str) -> list[Target]:
+    """Targets defined in a TOML file, each a [[target]] table:
+
+        [[target]]
+        name = "py313"
+        command = "/usr/bin/python3.13 -I -S agent.py"   # or a list; relative files: from this file's folder
+        variant = "CPython 3.13"                          # optional, recorded with the results
+        build = "make agent"                              # optional: run once per run, in this file's folder
+        [target.image]                                    # optional: for --runner docker
+        base = "scratch"                                  # or "debian-python"
+        files = { agent = "build/agent" }                 # /NAME in the image <- a file (from this folder)
+        entrypoint = ["/agent"]
+    """
+    import tomllib
+
+    file = Path(path).resolve()
+    try:
+        doc = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"--target-file {path}: {e}") from None
+    if set(doc) - {"target"} or not isinstance(doc.get("target"), list):
+        raise ValueError(f"--target-file {path}: expected [[target]] tables only")
+    out = []
+    for i, entry in enumerate(doc["target"]):
+        where = f"--target-file {path}: [[target]] #{i + 1}"
+        if not isinstance(entry, dict) or set(entry) - TARGET_KEYS:
+            raise ValueError(f"{where}: keys must be among {sorted(TARGET_KEYS)}")
+        name, command = entry.get("name"), entry.get("command")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ValueError(f"{where}: `name` must match {NAME_RE.pattern}")
+        argv = shlex.split(command) if isinstance(command, str) else command
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"{where}: `command` must be a string or a list of strings")
+        image = entry.get("image")
+        recipe = None
+        if image is not None:
+            files = image.get("files", {}) if isinstance(image, dict) else None
+            if not isinstance(files, dict) or image.get("base") not in ("scratch", "debian-python") \
+                    or not isinstance(image.get("entrypoint"), list):
+                raise ValueError(f"{where}: `image` needs base (scratch or debian-python), files and entrypoint")
+            paths = {k: (file.parent / v, 0o755) for k, v in files.items()}
+            recipe = ImageRecipe(image["base"], lambda paths=paths: paths, tuple(image["entrypoint"]))
+        out.append(Target(name, argv, image=recipe, variant=str(entry.get("variant", "")), origin=str(file),
+                          prepare=str(entry.get("build", "")), folder=file.parent))
+    return out
+
+
+def prepare(target: Target) -> None:
+    """Run a target file's build step (once per run, before any case); BuildError with its output."""
+    if not target.prepare:
+        return
+    proc = subprocess.run(target.prepare, shell=True, cwd=target.folder, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise BuildError(f"target {target.name}: its build step `{target.prepare}` failed (exit {proc.returncode}):"
+                         f"\n{(proc.stdout + proc.stderr)[-2000:]}")
+
+
+def select_targets(selection: str | None, added: list[str], files: list[str] = ()) -> dict[str, Target]:
+    """The targets of a run, in order: --targets picks among built-ins, target files' and added ones."""
     available = builtin_targets()
+    for target in [t for path in files for t in load_target_file(path)]:
+        if target.name in available:
+            raise ValueError(f"--target-file {target.origin}: {target.name!r} is defined twice")
+        available[target.name] = target
     for spec in added:
         target = parse_add_target(spec)
         if target.name in available and available[target.name].builtin:

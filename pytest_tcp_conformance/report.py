@@ -48,10 +48,11 @@ class Reporter:
         for r in self.records:
             if "declared" in r["observed"]:
                 declared.setdefault(r["observed"]["declared"], set()).add(r["verdict"])
-        stale = {int(i) for i, verdicts in declared.items() if verdicts == {"XPASS"}}
-        self.stale = [d for d in self.run.expectations if d.index in stale]
-        if stale and self.config.getoption("--update-expectations"):
-            expect_mod.remove(Path(self.config.getoption("--expectations")), stale)
+        stale = {key for key, verdicts in declared.items() if verdicts == {"XPASS"}}
+        self.stale = [d for d in self.run.expectations if d.key in stale]
+        if self.stale and self.config.getoption("--update-expectations"):
+            for path in dict.fromkeys(d.path for d in self.stale):
+                expect_mod.remove(Path(path), {d.index for d in self.stale if d.path == path})
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         write, opt, run = terminalreporter.write_line, config.getoption, self.run
@@ -64,7 +65,7 @@ class Reporter:
         for d in self.stale:
             verb = ("removed from" if opt("--update-expectations")
                     else "is gone; run with --update-expectations to remove it from")
-            write(f"declared difference {d.target} {d.case} ({d.reason}) {verb} {opt('--expectations')}")
+            write(f"declared difference {d.target} {d.case} ({d.reason}) {verb} {d.path}")
         if run.swept:
             write(f"swept {len(run.swept)} namespace(s) or container(s) left by killed runs or workers: "
                   f"{', '.join(run.swept)}")

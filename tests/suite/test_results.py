@@ -291,3 +291,17 @@ def test_compare_on_a_malformed_file_exits_2_naming_file_and_field(tmp_path, con
 def test_bad_values_are_usage_errors_before_any_namespace(tmp_path, args, message):
     code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", *args)
     assert code == 4 and message in output and not outcomes, output
+
+
+def test_expectation_files_add_to_each_other(tmp_path):
+    """A user declares their own target's differences in a file of theirs, beside the repository's."""
+    ours, theirs = tmp_path / "ours.toml", tmp_path / "theirs.toml"
+    ours.write_text(DECLARED.replace('"dev"', '"dev1"'))
+    theirs.write_text(DECLARED.replace('"dev"', '"dev2"'))
+    code, outcomes, output = run_suite(
+        tmp_path, "tests/cases/test_refused.py", "--families", "v4", "--targets", "dev1,dev2",
+        "--add-target", deviant("wrong-errno", "dev1"), "--add-target", deviant("wrong-errno", "dev2"),
+        "--expectations", str(ours), "--expectations", str(theirs), "--results-json", str(tmp_path / "r.json"))
+    assert code == 0, output
+    verdicts = {r["target"]: r["verdict"] for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert verdicts == {"dev1": "diff", "dev2": "diff"}

@@ -176,3 +176,41 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line.strip() for line in ci.splitlines() if line.strip().startswith("bash ci/setup.sh"))
     assert command in readme, f"README.md must show the command .ci/run runs: {command}"
+
+
+def test_a_target_defined_in_a_file_runs_and_is_recorded(tmp_path):
+    """A target file gives name, command (relative files from its folder), variant and a build step;
+    the results record every target's command and variant."""
+    import json
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "targets.toml").write_text(
+        '[[target]]\n'
+        'name = "mine"\n'
+        f'command = ["{sys.executable}", "-I", "-S", "agent.py"]\n'
+        'variant = "the Python agent, copied by a build step"\n'
+        f'build = "cp {ROOT}/targets/python/agent.py agent.py"\n')
+    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4",
+                                       "--targets", "mine,c", "--target-file", str(folder / "targets.toml"),
+                                       "--results-json", str(tmp_path / "r.json"))
+    assert code == 0 and outcomes == {"test_refused[v4-mine]": "passed", "test_refused[v4-c]": "passed"}, output
+    targets = json.loads((tmp_path / "r.json").read_text())["targets"]
+    assert targets["mine"]["variant"] == "the Python agent, copied by a build step"
+    assert targets["mine"]["command"].endswith(f"-I -S {folder / 'agent.py'}")
+    assert targets["c"]["command"].startswith("/") and "c-agent-" in targets["c"]["command"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ('[[target]]\nname = "x"\n', "`command` must be a string or a list of strings"),
+    ('[[target]]\nname = "Bad Name"\ncommand = "true"\n', "`name` must match"),
+    ('[[target]]\nname = "c"\ncommand = "true"\n', "'c' is defined twice"),
+    ('[[target]]\nname = "x"\ncommand = "true"\ncolour = 1\n', "keys must be among"),
+    ('[[target]]\nname = "x"\ncommand = "true"\nbuild = "exit 3"\n', "its build step `exit 3` failed (exit 3)"),
+    ("[[target]\n", "--target-file"),
+])
+def test_bad_target_files_are_usage_errors(tmp_path, content, message):
+    path = tmp_path / "t.toml"
+    path.write_text(content)
+    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--target-file", str(path))
+    assert code == 4 and message in output and not outcomes, output
