@@ -366,3 +366,22 @@ def test_reply_fields_in_any_order_unknown_ignored():
     assert (r.n, r.data, r.eof) == (2, b"hi", False)
     r = parse_reply("t", "connect 1 ::1 9 none", "err ECONNREFUSED 7 msg=refused extra=1")
     assert (r.outcome, r.msg) == ("ECONNREFUSED", "refused")
+
+
+def test_check_target_reports_what_an_outside_agent_gets_wrong(tmp_path):
+    """`python -m conformance check-target -- COMMAND` runs these self-tests on any agent, line by line."""
+    import subprocess
+
+    good = subprocess.run([sys.executable, "-m", "conformance", "check-target", "--", sys.executable, "-I", "-S",
+                           str(ROOT / "targets" / "python" / "agent.py")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "ok   test_every_command_of_the_table[v4-checked]" in good.stdout
+    assert good.stdout.strip().splitlines()[-1].endswith("the agent speaks targets/PROTOCOL.md")
+    bad = tmp_path / "agent.py"  # answers every command with a numeric errno
+    bad.write_text("import sys\nprint('ready proto=1 lang=bad version=1 pid=1', flush=True)\n"
+                   "for line in sys.stdin:\n    print('err 111 5', flush=True)\n")
+    wrong = subprocess.run([sys.executable, "-m", "conformance", "check-target", "--", sys.executable, str(bad)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "FAIL test_errno_names_and_elapsed[checked]" in wrong.stdout and "is not an errno name" in wrong.stdout
