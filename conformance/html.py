@@ -9,7 +9,12 @@ from .matrix import cell_text
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
-table.matrix{border-collapse:collapse}
+.scroll{overflow:auto;max-height:85vh;max-width:100%;border:1px solid #ccc}
+table.matrix{border-collapse:separate;border-spacing:0}
+.matrix thead th{position:sticky;top:0;z-index:2;background:#fafafa}
+.matrix tbody th{position:sticky;left:0;z-index:1;background:#fafafa;white-space:nowrap}
+.matrix td{white-space:nowrap}
+.matrix thead th:first-child{left:0;z-index:3}
 .matrix th,.matrix td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 .matrix td a{color:inherit;text-decoration:none;display:block}
 .pass{background:#e6f4e6}.FAIL,.ERROR,.XPASS{background:#fbe3e3}.skip{background:#f1f1f1}.diff{background:#fff4d6}
@@ -81,8 +86,8 @@ def render(doc: dict, page_path: str | None = None) -> str:
 <h1>TCP conformance matrix</h1>
 <p>Kernel {_e(doc.get('kernel'))}, profile <code>{_e(doc.get('profile'))}</code>, sysctls {_e(sysctls)},
 created {_e(doc.get('created'))}. Click a cell for its evidence.</p>
-<table class="matrix" id="matrix"><thead><tr><th>behaviour</th>{head}</tr></thead>
-<tbody>{''.join(rows)}</tbody></table>
+<div class="scroll"><table class="matrix" id="matrix"><thead><tr><th>behaviour</th>{head}</tr></thead>
+<tbody>{''.join(rows)}</tbody></table></div>
 <h2>Evidence</h2>{evidence}
 <script>{SCRIPT}</script></body></html>
 """

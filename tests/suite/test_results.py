@@ -305,3 +305,41 @@ def test_expectation_files_add_to_each_other(tmp_path):
     assert code == 0, output
     verdicts = {r["target"]: r["verdict"] for r in json.loads((tmp_path / "r.json").read_text())["results"]}
     assert verdicts == {"dev1": "diff", "dev2": "diff"}
+
+
+def test_html_matrix_keeps_its_header_and_first_column_in_view(tmp_path):
+    """Seven targets overflow a 1280 px window: scrolled sideways and down, the header row and the
+    behaviour column stay in view (measured in headless chromium), and a FAIL cell shows the sentence."""
+    from conformance import html as html_mod
+
+    if not shutil.which("chromium"):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: ci/setup.sh should have installed it")
+        pytest.skip("Debian's chromium is not installed (bash ci/setup.sh installs it)")
+    targets = ["python", "c", "go", "java", "node", "rust", "netstack"]
+    recs = [{"id": f"t{i}{t}", "case": f"behaviour_number_{i} v4", "target": t, "verdict": "FAIL" if i == 3 else "pass",
+             "reason": "the target's close sent an RST, not a FIN" if i == 3 else "", "key": "some long key value " * 3,
+             "detail": "", "observed": {}, "runtime": "", "pcap": None, "duration_s": 0, "evidence": {
+                 "sockets": ["target:\n    State Recv-Q Send-Q"]}}
+            for i in range(60) for t in targets]
+    doc = {"schema": "x", "version": 1, "kernel": "k", "profile": "p", "sysctls": {}, "created": "",
+           "targets": {t: {"runtime": ""} for t in targets}, "results": recs}
+    page = tmp_path / "m.html"
+    probe = ("<script>window.addEventListener('load',function(){var s=document.querySelector('.scroll');"
+             "s.scrollLeft=3000;s.scrollTop=3000;var h=document.querySelector('.matrix thead th:nth-child(4)')"
+             ".getBoundingClientRect(),c=document.querySelector('.matrix tbody tr:nth-child(50) th')"
+             ".getBoundingClientRect(),b=s.getBoundingClientRect();document.body.setAttribute('data-probe',"
+             "[s.scrollWidth>s.clientWidth,Math.round(h.top-b.top),Math.round(c.left-b.left)].join(','));});</script>")
+    page.write_text(html_mod.render(doc, str(page)).replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,800",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=2000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    probe_values = re.search(r'data-probe="([^"]*)"', dom)
+    assert probe_values, dom[:2000]
+    overflows, header_top, column_left = probe_values.group(1).split(",")
+    assert overflows == "true", "the matrix must overflow a 1280 px window for this test to mean anything"
+    assert int(header_top) <= 1 and int(column_left) <= 1, f"scrolled, the header is at {header_top} px and the " \
+                                                           f"first column at {column_left} px from the view's edge"
+    assert "FAIL the target's close sent an RST, not a FIN" in dom and "State Recv-Q" not in dom.split("<h2>")[0]
