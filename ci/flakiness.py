@@ -8,6 +8,7 @@ A CPU-bound process per core (ours, ended by PID at the end) competes with the
 suite the whole time. Each run writes a JUnit report; a test whose outcome is
 not the same in every run is a flip. Exit 1 when anything flipped. 0 is the bar.
 """
+
 import argparse
 import os
 import signal
@@ -55,14 +56,32 @@ def main() -> int:
         for i in range(1, args.runs + 1):
             junit = out / f"run{i:02d}.xml"
             start = time.monotonic()
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", args.workers,
-                                   f"--junitxml={junit}", *args.pytest_args], cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "-n",
+                    args.workers,
+                    f"--junitxml={junit}",
+                    *args.pytest_args,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=1800,
+            )
             times.append(time.monotonic() - start)
             runs.append(outcomes(junit) if junit.exists() else {})
             failed = sorted(k for k, v in runs[-1].items() if v == "failed")
-            print(f"run {i}/{args.runs}: exit {proc.returncode}, {len(runs[-1])} tests, "
-                  f"{len(failed)} failed, {times[-1]:.1f} s" + (f": {', '.join(failed)}" if failed else ""), flush=True)
+            print(
+                f"run {i}/{args.runs}: exit {proc.returncode}, {len(runs[-1])} tests, "
+                f"{len(failed)} failed, {times[-1]:.1f} s" + (f": {', '.join(failed)}" if failed else ""),
+                flush=True,
+            )
     finally:
         for hog in hogs:
             hog.send_signal(signal.SIGTERM)
@@ -72,8 +91,10 @@ def main() -> int:
     flips = {n: [r.get(n, "missing") for r in runs] for n in names if len({r.get(n, "missing") for r in runs}) > 1}
     for name, seq in flips.items():
         print(f"FLIP {name}: {' '.join(seq)}")
-    print(f"{len(flips)} flip(s) in {len(runs)} runs of {len(names)} tests under {args.hogs} CPU hog(s); "
-          f"run time min {min(times):.1f} s, max {max(times):.1f} s")
+    print(
+        f"{len(flips)} flip(s) in {len(runs)} runs of {len(names)} tests under {args.hogs} CPU hog(s); "
+        f"run time min {min(times):.1f} s, max {max(times):.1f} s"
+    )
     return 1 if flips else 0
 
 

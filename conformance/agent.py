@@ -5,6 +5,7 @@ PID, which we started) and reported as AgentError with the target's name, the
 command, and the tail of its stderr. Commands are formatted, and reply fields
 typed, from the protocol's table (conformance.protocol).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -85,8 +86,10 @@ class Reply:
             raise Unsupported(f"{self.target}: `{self.command}` is unsupported: {self.msg}")
         if not self.ok:
             purpose = f" ({why})" if why else ""
-            raise StepFailed(f"`{self.command}`{purpose} must succeed on {self.target}: expected ok, got {self.outcome}"
-                             f" after {self.ms:.3f} ms{self._extra()}")
+            raise StepFailed(
+                f"`{self.command}`{purpose} must succeed on {self.target}: expected ok, got {self.outcome}"
+                f" after {self.ms:.3f} ms{self._extra()}"
+            )
         return self
 
     # typed fields of an ok reply (each checks the reply first)
@@ -185,8 +188,9 @@ def family_of(addr: str) -> str:
 class Agent:
     """One running agent process. Use as a context manager or call stop()."""
 
-    def __init__(self, name: str, argv: list[str], launcher: list[str] | None = None, env=None,
-                 deadline: float | None = None):
+    def __init__(
+        self, name: str, argv: list[str], launcher: list[str] | None = None, env=None, deadline: float | None = None
+    ):
         """deadline: seconds the agent may take to start, or to answer a call with no timeout of
         its own, before it is killed as hung (default DEFAULT_DEADLINE)."""
         self.name = name
@@ -198,8 +202,12 @@ class Agent:
         full = (launcher or []) + argv
         try:
             self.proc = subprocess.Popen(
-                full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr.write_end,
-                env=env, close_fds=True,
+                full,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr.write_end,
+                env=env,
+                close_fds=True,
             )
         except OSError as e:
             self._stderr.close()
@@ -215,8 +223,11 @@ class Agent:
         except ValueError as e:
             self._fail("(start)", f"malformed ready line {line!r}: {e}")
         if self.info.get("proto") != protocol.VERSION:
-            self._fail("(start)", f"the ready line says proto={self.info.get('proto', '(missing)')}; this harness "
-                                  f"speaks proto={protocol.VERSION} only: {line!r}")
+            self._fail(
+                "(start)",
+                f"the ready line says proto={self.info.get('proto', '(missing)')}; this harness "
+                f"speaks proto={protocol.VERSION} only: {line!r}",
+            )
         self.transcript.append(("(start)", line))
 
     @property
@@ -246,8 +257,12 @@ class Agent:
             chunk = os.read(fd, 65536)
             if not chunk:
                 code = self._reap()
-                self._fail(command, "agent closed its stdout before replying" if code is None
-                           else f"agent exited (status {code}) before replying")
+                self._fail(
+                    command,
+                    "agent closed its stdout before replying"
+                    if code is None
+                    else f"agent exited (status {code}) before replying",
+                )
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         if len(line) > MAX_REPLY:
@@ -282,7 +297,9 @@ class Agent:
             self._fail(command, f"protocol error from the agent: {line}")
         if reply.ok and not raw:
             name = command.split(" ", 1)[0]
-            missing = [f for f in protocol.COMMANDS[name].reply if f not in reply.fields] if name in protocol.COMMANDS else []
+            missing = (
+                [f for f in protocol.COMMANDS[name].reply if f not in reply.fields] if name in protocol.COMMANDS else []
+            )
             if missing:
                 self._fail(command, f"the ok reply lacks {', '.join(missing)}: {line}")
         return reply

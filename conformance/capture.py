@@ -6,6 +6,7 @@ kernel timestamps (SO_TIMESTAMPNS). No capture process to start, wait for or
 kill. Packets are written as a standard pcap file (dpkt.pcap.Writer) and parsed
 with dpkt into Segment records.
 """
+
 from __future__ import annotations
 
 import socket
@@ -22,8 +23,13 @@ from .timing import wait_until
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
-FLAG_BITS = [("F", dpkt.tcp.TH_FIN), ("S", dpkt.tcp.TH_SYN), ("R", dpkt.tcp.TH_RST),
-             ("P", dpkt.tcp.TH_PUSH), ("A", dpkt.tcp.TH_ACK)]
+FLAG_BITS = [
+    ("F", dpkt.tcp.TH_FIN),
+    ("S", dpkt.tcp.TH_SYN),
+    ("R", dpkt.tcp.TH_RST),
+    ("P", dpkt.tcp.TH_PUSH),
+    ("A", dpkt.tcp.TH_ACK),
+]
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,10 @@ class Segment:
 
     def __str__(self):
         if self.proto == "tcp":
-            return (f"{self.time:.6f} {self.src}.{self.sport} > {self.dst}.{self.dport} "
-                    f"[{self.flags}] seq {self.seq} ack {self.ack} len {self.length}")
+            return (
+                f"{self.time:.6f} {self.src}.{self.sport} > {self.dst}.{self.dport} "
+                f"[{self.flags}] seq {self.seq} ack {self.ack} len {self.length}"
+            )
         if self.proto.startswith("icmp"):
             text = f"{self.time:.6f} {self.src} > {self.dst} {self.proto} type {self.icmp_type} code {self.icmp_code}"
             if self.quoted:
@@ -95,15 +103,23 @@ def parse(ts: float, frame: bytes) -> Segment:
         fam = socket.AF_INET6
     elif isinstance(ip, dpkt.arp.ARP):
         request = ip.op == dpkt.arp.ARP_OP_REQUEST
-        return Segment(ts, "arp", socket.inet_ntop(socket.AF_INET, ip.spa), socket.inet_ntop(socket.AF_INET, ip.tpa),
-                       flags="request" if request else "reply", target=socket.inet_ntop(socket.AF_INET, ip.tpa), mac=mac)
+        return Segment(
+            ts,
+            "arp",
+            socket.inet_ntop(socket.AF_INET, ip.spa),
+            socket.inet_ntop(socket.AF_INET, ip.tpa),
+            flags="request" if request else "reply",
+            target=socket.inet_ntop(socket.AF_INET, ip.tpa),
+            mac=mac,
+        )
     else:
         return Segment(ts, "other", mac=mac)
     src, dst = socket.inet_ntop(fam, ip.src), socket.inet_ntop(fam, ip.dst)
     l4 = ip.data
     if isinstance(l4, dpkt.tcp.TCP):
-        return Segment(ts, "tcp", src, dst, l4.sport, l4.dport, tcp_flags(l4.flags),
-                       l4.seq, l4.ack, len(l4.data), mac=mac)
+        return Segment(
+            ts, "tcp", src, dst, l4.sport, l4.dport, tcp_flags(l4.flags), l4.seq, l4.ack, len(l4.data), mac=mac
+        )
     if isinstance(l4, dpkt.udp.UDP):
         return Segment(ts, "udp", src, dst, l4.sport, l4.dport, length=len(l4.data), mac=mac)
     if isinstance(l4, (dpkt.icmp.ICMP, dpkt.icmp6.ICMP6)):
@@ -112,8 +128,7 @@ def parse(ts: float, frame: bytes) -> Segment:
         quoted = _quoted(fam, bytes(l4)[8:]) if unreachable else ()
         solicited = bytes(l4)[8:24] if proto == "icmp6" and l4.type == 135 else b""
         target = socket.inet_ntop(socket.AF_INET6, solicited) if len(solicited) == 16 else ""
-        return Segment(ts, proto, src, dst, icmp_type=l4.type, icmp_code=l4.code, quoted=quoted,
-                       target=target, mac=mac)
+        return Segment(ts, proto, src, dst, icmp_type=l4.type, icmp_code=l4.code, quoted=quoted, target=target, mac=mac)
     return Segment(ts, "other", src, dst, mac=mac)
 
 
@@ -181,10 +196,14 @@ class Capture:
 
     def expect_fin_acked(self, end, timeout: float = 1.0):
         """The FIN that connection end `end` (conformance.case.End) sent, and the first ACK covering it: (fin, ack)."""
-        fin = self.expect(tcp(src=end.addr, sport=end.port, dport=end.remote_port, has="F"),
-                          f"a FIN from the {end.role}", timeout)
-        ack = self.expect(tcp(sport=end.remote_port, dport=end.port, has="A", ack=fin.seq + fin.length + 1),
-                          f"the ACK of the {end.role}'s FIN", timeout)
+        fin = self.expect(
+            tcp(src=end.addr, sport=end.port, dport=end.remote_port, has="F"), f"a FIN from the {end.role}", timeout
+        )
+        ack = self.expect(
+            tcp(sport=end.remote_port, dport=end.port, has="A", ack=fin.seq + fin.length + 1),
+            f"the ACK of the {end.role}'s FIN",
+            timeout,
+        )
         return fin, ack
 
     def write_pcap(self, path: str) -> None:
@@ -227,7 +246,7 @@ def relative(segments) -> list[str]:
     for seg in segments:
         when = f"{seg.time - t0:9.6f}"
         if seg.proto != "tcp":
-            lines.append(when + str(seg)[str(seg).index(" "):])
+            lines.append(when + str(seg)[str(seg).index(" ") :])
             continue
         mine, theirs = isn[(seg.src, seg.sport, seg.dst, seg.dport)], isn.get((seg.dst, seg.dport, seg.src, seg.sport))
         text = f"{when} {seg.src}.{seg.sport} > {seg.dst}.{seg.dport} [{seg.flags}] seq {(seg.seq - mine) % 2**32}"

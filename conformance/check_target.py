@@ -7,6 +7,7 @@ and for what failed, the first line of what was wrong. Needs root, as the
 suite does. The pytest run happens in a child process: this library imports
 no pytest.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,30 @@ def main(command: list[str], out=print, extra: list[str] = ()) -> int:
     with tempfile.TemporaryDirectory(prefix="tcc-check-") as tmp:
         junit = os.path.join(tmp, "junit.xml")
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", f"--junitxml={junit}",
-             "--pcap-dir", os.path.join(tmp, "pcaps"), str(ROOT / "tests" / "suite" / "test_protocol.py"),
-             "--targets", NAME, "--add-target", f"{NAME}={shlex.join(command)}", "-k", NAME, *extra],
-            cwd=ROOT, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--tb=line",
+                f"--junitxml={junit}",
+                "--pcap-dir",
+                os.path.join(tmp, "pcaps"),
+                str(ROOT / "tests" / "suite" / "test_protocol.py"),
+                "--targets",
+                NAME,
+                "--add-target",
+                f"{NAME}={shlex.join(command)}",
+                "-k",
+                NAME,
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if not os.path.exists(junit):
             out(f"check-target: the checks could not run (pytest exit {proc.returncode}):")
             out((proc.stdout + proc.stderr).strip()[-3000:])
@@ -54,6 +75,8 @@ def main(command: list[str], out=print, extra: list[str] = ()) -> int:
             else:
                 passed += 1
                 out(f"ok   {name}")
-        out(f"{passed} passed, {failed} failed, {skipped} skipped: "
-            + ("the agent speaks targets/PROTOCOL.md" if not failed else "see the FAIL lines above"))
+        out(
+            f"{passed} passed, {failed} failed, {skipped} skipped: "
+            + ("the agent speaks targets/PROTOCOL.md" if not failed else "see the FAIL lines above")
+        )
         return 1 if failed else 0

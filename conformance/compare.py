@@ -1,4 +1,5 @@
 """Compare two result files: every case and target whose verdict or key observed value differs."""
+
 from __future__ import annotations
 
 from .results import load_json

@@ -12,6 +12,7 @@ wired into the case's topology, so every case runs unchanged.
 - The agent's stdin/stdout are the container's (`docker run -i`); the Docker SDK
   builds the images, finds the container's PID and removes containers.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -45,7 +46,9 @@ def apt_mirror() -> str | None:
             text = path.read_text()
         except OSError:
             continue
-        m = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s", text, re.M)
+        m = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(
+            r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s", text, re.M
+        )
         if m:
             return m.group(1)
     return None
@@ -70,10 +73,13 @@ class DockerRunner:
                 runtimes = client.info().get("Runtimes", {})
             except Exception as e:  # the SDK raises several kinds for "no engine"
                 raise DockerUnavailable(
-                    f"no Docker engine reachable ({type(e).__name__}); start one: bash ci/docker-engine.sh") from None
+                    f"no Docker engine reachable ({type(e).__name__}); start one: bash ci/docker-engine.sh"
+                ) from None
             if self.runtime not in runtimes:
                 raise DockerUnavailable(
-                    f"OCI runtime {self.runtime!r} is not configured in the Docker engine (it has: {', '.join(runtimes)})")
+                    f"OCI runtime {self.runtime!r} is not configured in the Docker engine "
+                    f"(it has: {', '.join(runtimes)})"
+                )
             self._client = client
         return self._client
 
@@ -94,8 +100,9 @@ class DockerRunner:
         found = target if isinstance(target, Target) else builtins.get(target) or Target(target)
         if found.image is None:
             having = ", ".join(t.name for t in builtins.values() if t.image is not None)
-            raise DockerUnavailable(f"target {found.name} has no image recipe: only targets with one "
-                                    f"({having}) run under --runner docker")
+            raise DockerUnavailable(
+                f"target {found.name} has no image recipe: only targets with one ({having}) run under --runner docker"
+            )
         return found
 
     def _image(self, name: str, recipe: ImageRecipe) -> str:
@@ -108,8 +115,13 @@ class DockerRunner:
         for fname, (data, mode) in sorted(files.items()):
             h.update(f"{fname}\0{mode:o}\0".encode() + data + b"\0")
         tag = f"tcc-agent-{name}:{h.hexdigest()[:16]}"
-        dockerfile = "".join([f"FROM {base}\n", *(f"COPY {fname} /{fname}\n" for fname in files),
-                              f"ENTRYPOINT {json.dumps(list(recipe.entrypoint))}\n"])
+        dockerfile = "".join(
+            [
+                f"FROM {base}\n",
+                *(f"COPY {fname} /{fname}\n" for fname in files),
+                f"ENTRYPOINT {json.dumps(list(recipe.entrypoint))}\n",
+            ]
+        )
         return self._find(tag) or self._build(tag, dockerfile, files)
 
     def _find(self, tag: str) -> str | None:
@@ -129,8 +141,9 @@ class DockerRunner:
                 info.size, info.mode = len(data), mode
                 tar.addfile(info, io.BytesIO(data))
         buf.seek(0)
-        image, _ = self.client().images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, pull=False,
-                                              labels={SUITE_LABEL: "agent"})
+        image, _ = self.client().images.build(
+            fileobj=buf, custom_context=True, tag=tag, rm=True, pull=False, labels={SUITE_LABEL: "agent"}
+        )
         return image.id
 
     def _debian_python(self) -> str:
@@ -144,14 +157,20 @@ class DockerRunner:
         work = tempfile.mkdtemp(prefix="tcc-rootfs-", dir="/var/tmp")
         try:
             rootfs = os.path.join(work, "rootfs")
-            argv = [debootstrap, "--variant=minbase", "--include=python3", DEBIAN_SUITE, rootfs] + ([mirror] if mirror else [])
+            argv = [debootstrap, "--variant=minbase", "--include=python3", DEBIAN_SUITE, rootfs] + (
+                [mirror] if mirror else []
+            )
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
-                raise BuildError(f"debootstrap for the Python image failed: {' '.join(argv)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                raise BuildError(
+                    f"debootstrap for the Python image failed: {' '.join(argv)}\n"
+                    f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+                )
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
             try:
-                self.client().api.import_image_from_data(tar.stdout.read(), repository=tag.split(":")[0],
-                                                         tag=tag.split(":")[1])
+                self.client().api.import_image_from_data(
+                    tar.stdout.read(), repository=tag.split(":")[0], tag=tag.split(":")[1]
+                )
             finally:
                 tar.wait()
         finally:
@@ -169,9 +188,27 @@ class DockerRunner:
             raise DockerUnavailable("the docker command line is not installed (Debian: apt-get install docker.io)")
         # The CLI dies with the harness (PR_SET_PDEATHSIG); its end closes the container's stdin,
         # the agent exits at EOF and --rm removes the container.
-        return ["setpriv", "--pdeathsig", "KILL", docker, "run", "-i", "--rm", "--name", container, "--network", "none", "--runtime", self.runtime,
-                *self._owner_labels(), "--label", f"{SUITE_LABEL}=agent",
-                "--log-driver", "none", image]
+        return [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            docker,
+            "run",
+            "-i",
+            "--rm",
+            "--name",
+            container,
+            "--network",
+            "none",
+            "--runtime",
+            self.runtime,
+            *self._owner_labels(),
+            "--label",
+            f"{SUITE_LABEL}=agent",
+            "--log-driver",
+            "none",
+            image,
+        ]
 
     def _owner_labels(self) -> list[str]:
         if self.owner is None:
@@ -184,7 +221,9 @@ class DockerRunner:
         attrs = self.client().containers.get(container).attrs
         pid = attrs["State"]["Pid"]
         if not pid:
-            raise DockerUnavailable(f"container {container} is not running: {attrs['State'].get('Error') or attrs['State']}")
+            raise DockerUnavailable(
+                f"container {container} is not running: {attrs['State'].get('Error') or attrs['State']}"
+            )
         return pid
 
     def remove(self, container: str) -> None:

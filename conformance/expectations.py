@@ -4,6 +4,7 @@ A matching case that fails is a declared difference (pytest xfail); one that
 passes means the difference is gone: strict xfail fails the run, unless
 --update-expectations removes the stale entry.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,15 +81,26 @@ def load(path: Path) -> list[Difference]:
                 raise ExpectationsError(f"{where}: `{key}` must be a non-empty string")
         families = entry.get("families", [])
         if not isinstance(families, list) or any(f not in ("v4", "v6") for f in families):
-            raise ExpectationsError(f"{where}: `families` must be a list of \"v4\" / \"v6\"")
+            raise ExpectationsError(f'{where}: `families` must be a list of "v4" / "v6"')
         kernel = entry.get("kernel", "")
         if kernel:
             try:
                 SpecifierSet(str(kernel))
             except InvalidSpecifier:
-                raise ExpectationsError(f"{where}: `kernel` {kernel!r} is not a version range like \">=6.5,<7\"") from None
-        out.append(Difference(i, str(entry["target"]), str(entry["case"]), str(entry["reason"]),
-                              tuple(str(f) for f in families), str(kernel), str(path)))
+                raise ExpectationsError(
+                    f'{where}: `kernel` {kernel!r} is not a version range like ">=6.5,<7"'
+                ) from None
+        out.append(
+            Difference(
+                i,
+                str(entry["target"]),
+                str(entry["case"]),
+                str(entry["reason"]),
+                tuple(str(f) for f in families),
+                str(kernel),
+                str(path),
+            )
+        )
     return out
 
 

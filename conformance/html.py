@@ -1,4 +1,5 @@
 """--html: one self-contained page: the matrix, each cell opening its evidence."""
+
 from __future__ import annotations
 
 import html
@@ -41,8 +42,18 @@ def _kv(d: dict) -> str:
 def _evidence(i: int, rec: dict, page_dir: str) -> str:
     ev = rec.get("evidence") or {}
     parts = [f"<p><b>{_e(rec['verdict'])}</b> {_e(rec['reason'])}</p>"]
-    parts.append("<h4>Observed</h4>" + _kv({"key": rec["key"], "detail": rec["detail"], "runtime": rec["runtime"],
-                                           "duration_s": rec["duration_s"], **rec["observed"]}))
+    parts.append(
+        "<h4>Observed</h4>"
+        + _kv(
+            {
+                "key": rec["key"],
+                "detail": rec["detail"],
+                "runtime": rec["runtime"],
+                "duration_s": rec["duration_s"],
+                **rec["observed"],
+            }
+        )
+    )
     if rec.get("pcap"):
         href = os.path.relpath(rec["pcap"], page_dir) if page_dir else rec["pcap"]
         parts.append(f"<p>pcap: <a href='{_e(href)}'>{_e(rec['pcap'])}</a></p>")
@@ -55,8 +66,10 @@ def _evidence(i: int, rec: dict, page_dir: str) -> str:
         parts.append("<h4>Agent commands and replies</h4><pre>" + _e(lines) + "</pre>")
     if ev.get("sysctls"):
         parts.append("<h4>Target namespace sysctls</h4>" + _kv(ev["sysctls"]))
-    return (f"<details id='e{i}'><summary>{_e(rec['case'])} on {_e(rec['target'])}: {_e(rec['verdict'])}"
-            f" <small>{_e(rec['id'])}</small></summary>{''.join(parts)}</details>")
+    return (
+        f"<details id='e{i}'><summary>{_e(rec['case'])} on {_e(rec['target'])}: {_e(rec['verdict'])}"
+        f" <small>{_e(rec['id'])}</small></summary>{''.join(parts)}</details>"
+    )
 
 
 def render(doc: dict, page_path: str | None = None) -> str:
@@ -65,8 +78,9 @@ def render(doc: dict, page_path: str | None = None) -> str:
     targets = list(doc.get("targets") or dict.fromkeys(r["target"] for r in records))
     behaviours = list(dict.fromkeys(r["case"] for r in records))
     index = {(r["case"], r["target"]): i for i, r in enumerate(records)}
-    head = "".join(f"<th>{_e(t)}<br><small>{_e(doc['targets'].get(t, {}).get('runtime', ''))}</small></th>"
-                   for t in targets)
+    head = "".join(
+        f"<th>{_e(t)}<br><small>{_e(doc['targets'].get(t, {}).get('runtime', ''))}</small></th>" for t in targets
+    )
     rows = []
     for b in behaviours:
         cells = []
@@ -84,10 +98,10 @@ def render(doc: dict, page_path: str | None = None) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>TCP conformance matrix</title>
 <style>{STYLE}</style></head><body>
 <h1>TCP conformance matrix</h1>
-<p>Kernel {_e(doc.get('kernel'))}, profile <code>{_e(doc.get('profile'))}</code>, sysctls {_e(sysctls)},
-created {_e(doc.get('created'))}. Click a cell for its evidence.</p>
+<p>Kernel {_e(doc.get("kernel"))}, profile <code>{_e(doc.get("profile"))}</code>, sysctls {_e(sysctls)},
+created {_e(doc.get("created"))}. Click a cell for its evidence.</p>
 <div class="scroll"><table class="matrix" id="matrix"><thead><tr><th>behaviour</th>{head}</tr></thead>
-<tbody>{''.join(rows)}</tbody></table></div>
+<tbody>{"".join(rows)}</tbody></table></div>
 <h2>Evidence</h2>{evidence}
 <script>{SCRIPT}</script></body></html>
 """

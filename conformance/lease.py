@@ -11,6 +11,7 @@ lockspace label is its own (it sees the same lock files); then the owner is
 alive exactly while its lock is held. A container of another lockspace is left
 alone: its owner cannot be judged from here.
 """
+
 from __future__ import annotations
 
 import errno

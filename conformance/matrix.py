@@ -4,6 +4,7 @@ Each cell is the verdict (pass, FAIL, ERROR, skip, diff = declared difference,
 XPASS = a declared difference that is gone) and the key observed value.
 Three targets fit in 100 columns.
 """
+
 from __future__ import annotations
 
 CELL = 26

@@ -9,6 +9,7 @@ symlink. The default pcap folder is a fresh mkdtemp (mode 0700). Files are
 created with O_NOFOLLOW, results through a private temporary file in the same
 folder that is renamed into place (and removed if the write fails).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,15 @@ def _safe_dir(path: str, what: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{what}: {path} is not a folder")
     if st.st_uid not in (0, os.geteuid()):
-        raise OutputError(f"{what}: folder {path} belongs to uid {st.st_uid}, who could swap what the run "
-                          f"writes there for a link; use a folder of your own")
+        raise OutputError(
+            f"{what}: folder {path} belongs to uid {st.st_uid}, who could swap what the run "
+            f"writes there for a link; use a folder of your own"
+        )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise OutputError(f"{what}: other users can write in {path} (mode {stat.S_IMODE(st.st_mode):o}) and could "
-                          f"plant a link where the run writes; use a folder only you can write")
+        raise OutputError(
+            f"{what}: other users can write in {path} (mode {stat.S_IMODE(st.st_mode):o}) and could "
+            f"plant a link where the run writes; use a folder only you can write"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: cannot write in {path}")
 

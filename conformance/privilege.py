@@ -15,6 +15,7 @@ reachable by other users. Where it is not (an interpreter under /root, say),
 it keeps uid 0 without capabilities, and the harness records why: put the
 agent's files where other users can read them for the full protection.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,19 +47,37 @@ def _reachable(path: str, execute: bool) -> bool:
         parent = os.path.dirname(parent)
 
 
+def _mapped(uid: int) -> bool:
+    """Whether uid exists in this process's user namespace (in a rootless run only root may be mapped)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, _outside, count = map(int, line.split())
+                if inside <= uid < inside + count:
+                    return True
+    except (OSError, ValueError):
+        return True
+    return False
+
+
 def agent_uid(argv: list[str]) -> tuple[int, str]:
     """(uid, why) for an agent's command line: AGENT_UID when its program and every file it names are
-    reachable by other users, else 0 with the first path that is not."""
+    reachable by other users, else our own uid (no capabilities either way) with the first path that is not."""
+    own = os.geteuid()
+    if not _mapped(AGENT_UID):
+        return own, f"uid {AGENT_UID} does not exist in this user namespace (a rootless run)"
     program = shutil.which(argv[0]) or argv[0]
     if not _reachable(program, execute=True):
-        return 0, f"{program} is not reachable for uid {AGENT_UID}"
+        return own, f"{program} is not reachable for uid {AGENT_UID}"
     for arg in argv[1:]:
         if os.path.isabs(arg) and os.path.exists(arg) and not _reachable(arg, execute=False):
-            return 0, f"{arg} is not reachable for uid {AGENT_UID}"
+            return own, f"{arg} is not reachable for uid {AGENT_UID}"
     return AGENT_UID, ""
 
 
 def drop(uid: int) -> list[str]:
-    """The argv prefix that runs a command with no capabilities, no_new_privs, as uid (and its group)."""
-    return ["setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
-            f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig=keep", "--"]
+    """The argv prefix that runs a command with no capabilities, no_new_privs, as uid (and its group;
+    our own uid stays as it is, groups too: a rootless run's user namespace may forbid setgroups)."""
+    ids = [] if uid == os.geteuid() else [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    caps = ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+    return ["setpriv", "--no-new-privs", *caps, *ids, "--pdeathsig=keep", "--"]

@@ -3,6 +3,7 @@
 Every namespace starts from topology.BASE_SYSCTLS (Linux defaults, set
 explicitly); a profile and then --sysctl options override them.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ agent driver (conformance.agent) formats commands and types reply fields from
 it, and the protocol self-tests send every command in it to every agent.
 PROTOCOL.md's command table is checked against it by a test.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -51,22 +52,25 @@ ARG_KINDS = {
     "VALUE...": "the option's value(s)",
 }
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("socket", ("KIND", "FAMILY"), ("h",), "create a socket"),
-    Command("setsockopt", ("H", "OPT", "VALUE..."), (), "set an option"),
-    Command("getsockopt", ("H", "OPT"), ("value",), "read an option"),
-    Command("bind", ("H", "ADDR", "PORT"), (), "bind (a deferred bind answers deferred=1)"),
-    Command("listen", ("H", "BACKLOG"), (), "listen"),
-    Command("accept", ("H", "MS"), ("h", "addr", "port"), "accept one connection (the peer's address)"),
-    Command("connect", ("H", "ADDR", "PORT", "MS"), (), "connect"),
-    Command("send", ("H", "HEX"), ("n",), "send the bytes once"),
-    Command("recv", ("H", "MAX", "MS"), ("n", "data"), "one receive of at most MAX bytes"),
-    Command("shutdown", ("H", "HOW"), (), "shutdown"),
-    Command("close", ("H",), (), "close; the handle is gone"),
-    Command("getsockname", ("H",), ("addr", "port"), "local address"),
-    Command("getpeername", ("H",), ("addr", "port"), "remote address"),
-    Command("quit", (), (), "reply, then exit 0"),
-)}
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("socket", ("KIND", "FAMILY"), ("h",), "create a socket"),
+        Command("setsockopt", ("H", "OPT", "VALUE..."), (), "set an option"),
+        Command("getsockopt", ("H", "OPT"), ("value",), "read an option"),
+        Command("bind", ("H", "ADDR", "PORT"), (), "bind (a deferred bind answers deferred=1)"),
+        Command("listen", ("H", "BACKLOG"), (), "listen"),
+        Command("accept", ("H", "MS"), ("h", "addr", "port"), "accept one connection (the peer's address)"),
+        Command("connect", ("H", "ADDR", "PORT", "MS"), (), "connect"),
+        Command("send", ("H", "HEX"), ("n",), "send the bytes once"),
+        Command("recv", ("H", "MAX", "MS"), ("n", "data"), "one receive of at most MAX bytes"),
+        Command("shutdown", ("H", "HOW"), (), "shutdown"),
+        Command("close", ("H",), (), "close; the handle is gone"),
+        Command("getsockname", ("H",), ("addr", "port"), "local address"),
+        Command("getpeername", ("H",), ("addr", "port"), "remote address"),
+        Command("quit", (), (), "reply, then exit 0"),
+    )
+}
 
 # setsockopt/getsockopt options: the values they take.
 OPTIONS = {

@@ -3,6 +3,7 @@
 The same records feed the terminal matrix, --results-json and --html, so the
 three always agree. The JSON schema is documented in docs/results-schema.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ def _skip_reason(rep) -> str:
     longrepr = rep.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         reason = longrepr[2]
-        return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+        return reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
     return str(longrepr or "")
 
 
@@ -64,12 +65,25 @@ def collect(reports) -> list[dict]:
         props = _props(rep)
         if "behaviour" not in props:
             continue
-        rec = records.setdefault(rep.nodeid, {
-            "id": rep.nodeid, "case": props["behaviour"], "test": rep.nodeid.split("::")[-1].split("[")[0],
-            "family": props.get("family"), "target": props["target"], "verdict": None, "reason": "",
-            "key": "", "detail": "", "observed": {}, "runtime": "", "pcap": None, "duration_s": 0.0,
-            "evidence": {},
-        })
+        rec = records.setdefault(
+            rep.nodeid,
+            {
+                "id": rep.nodeid,
+                "case": props["behaviour"],
+                "test": rep.nodeid.split("::")[-1].split("[")[0],
+                "family": props.get("family"),
+                "target": props["target"],
+                "verdict": None,
+                "reason": "",
+                "key": "",
+                "detail": "",
+                "observed": {},
+                "runtime": "",
+                "pcap": None,
+                "duration_s": 0.0,
+                "evidence": {},
+            },
+        )
         rec["duration_s"] = round(rec["duration_s"] + (rep.duration or 0.0), 6)
         for k, v in props.items():
             if k in ("key", "detail", "runtime", "pcap"):
@@ -84,8 +98,9 @@ def collect(reports) -> list[dict]:
     return [r for r in records.values() if r["verdict"] is not None]
 
 
-def document(records: list[dict], *, profile: str, sysctls: dict, kernel: str, kernel_version: str,
-             targets: list[str]) -> dict:
+def document(
+    records: list[dict], *, profile: str, sysctls: dict, kernel: str, kernel_version: str, targets: list[str]
+) -> dict:
     runtimes, about = {}, {}
     for r in records:
         if r["runtime"]:

@@ -23,6 +23,7 @@ qdisc, and one the target sends when it arrives, so the wire shows the delay.
 Everything lives in the namespaces of one case (removed with them); nothing
 touches the host's own namespace.
 """
+
 from __future__ import annotations
 
 import socket
@@ -51,8 +52,7 @@ class Held:
 
 def install(host, rate: int = RATE, burst: int = BURST, limit: int = LIMIT) -> None:
     """tbf as the root qdisc of host's veth end (rate in bytes/s)."""
-    host.netlink(lambda ipr: ipr.tc("add", "tbf", index=host.ifindex, handle=ROOT,
-                                    rate=rate, burst=burst, limit=limit))
+    host.netlink(lambda ipr: ipr.tc("add", "tbf", index=host.ifindex, handle=ROOT, rate=rate, burst=burst, limit=limit))
 
 
 def remove(host) -> None:
@@ -82,8 +82,11 @@ def stats(host) -> dict:
 
 
 def _frames(host, partner_mac: str, count: int) -> None:
-    frame = (bytes.fromhex(partner_mac.replace(":", "")) + bytes.fromhex(host.mac.replace(":", ""))
-             + ETH_P_FILLER.to_bytes(2, "big"))
+    frame = (
+        bytes.fromhex(partner_mac.replace(":", ""))
+        + bytes.fromhex(host.mac.replace(":", ""))
+        + ETH_P_FILLER.to_bytes(2, "big")
+    )
     frame += bytes(FRAME - len(frame))
 
     def run():

@@ -9,6 +9,7 @@ C and Go agents are built on demand into a cache keyed by the content of their
 sources and the compiler's version, so a rebuild happens only when something
 changed; concurrent pytest-xdist workers wait on a file lock for one build.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -54,8 +55,7 @@ def find_tool(tool: str, package: str) -> str:
         path = "/usr/local/go/bin/go"
     if path is None:
         raise BuildError(
-            f"`{tool}` not found on PATH: install it (Debian: `apt-get install {package}`, "
-            f"or run `bash ci/setup.sh`)"
+            f"`{tool}` not found on PATH: install it (Debian: `apt-get install {package}`, or run `bash ci/setup.sh`)"
         )
     return path
 
@@ -107,8 +107,11 @@ def build_c(static: bool = False) -> Path:
     src = TARGETS_DIR / "c" / "agent.c"
     flags = C_FLAGS + (["-static"] if static else [])
     key = content_key([src], tool_version([gcc, "--version"]), *flags)
-    return cached_build("c" + ("-static" if static else ""), key,
-                        lambda out: _run_build("C", [gcc, *flags, "-o", str(out), str(src)], src.parent))
+    return cached_build(
+        "c" + ("-static" if static else ""),
+        key,
+        lambda out: _run_build("C", [gcc, *flags, "-o", str(out), str(src)], src.parent),
+    )
 
 
 def build_go() -> Path:
@@ -167,8 +170,9 @@ class Target:
         if self.build is not None:
             return [str(self.build())]
         if self.folder is not None:  # a target file's command: relative files are from its folder
-            return [str(self.folder / a) if not os.path.isabs(a) and (self.folder / a).exists() else a
-                    for a in self.command]
+            return [
+                str(self.folder / a) if not os.path.isabs(a) and (self.folder / a).exists() else a for a in self.command
+            ]
         return list(self.command)
 
 
@@ -180,9 +184,13 @@ def builtin_targets() -> dict[str, Target]:
     """The built-in targets, in their default order: the one place that names them."""
     python_agent = TARGETS_DIR / "python" / "agent.py"
     records = [
-        Target("python", [sys.executable, *PYTHON_FLAGS, str(python_agent)],
-               image=ImageRecipe("debian-python", lambda: {"agent.py": (python_agent, 0o644)},
-                                 ("python3", *PYTHON_FLAGS, "/agent.py"))),
+        Target(
+            "python",
+            [sys.executable, *PYTHON_FLAGS, str(python_agent)],
+            image=ImageRecipe(
+                "debian-python", lambda: {"agent.py": (python_agent, 0o644)}, ("python3", *PYTHON_FLAGS, "/agent.py")
+            ),
+        ),
         Target("c", build=build_c, image=static_binary_image(lambda: build_c(static=True))),
         Target("go", build=build_go, image=static_binary_image(build_go)),  # CGO_ENABLED=0: static
     ]
@@ -217,15 +225,15 @@ TARGET_KEYS = {"name", "command", "variant", "build", "image"}
 def load_target_file(path: str) -> list[Target]:
     """Targets defined in a TOML file, each a [[target]] table:
 
-        [[target]]
-        name = "py313"
-        command = "/usr/bin/python3.13 -I -S agent.py"   # or a list; relative files: from this file's folder
-        variant = "CPython 3.13"                          # optional, recorded with the results
-        build = "make agent"                              # optional: run once per run, in this file's folder
-        [target.image]                                    # optional: for --runner docker
-        base = "scratch"                                  # or "debian-python"
-        files = { agent = "build/agent" }                 # /NAME in the image <- a file (from this folder)
-        entrypoint = ["/agent"]
+    [[target]]
+    name = "py313"
+    command = "/usr/bin/python3.13 -I -S agent.py"   # or a list; relative files: from this file's folder
+    variant = "CPython 3.13"                          # optional, recorded with the results
+    build = "make agent"                              # optional: run once per run, in this file's folder
+    [target.image]                                    # optional: for --runner docker
+    base = "scratch"                                  # or "debian-python"
+    files = { agent = "build/agent" }                 # /NAME in the image <- a file (from this folder)
+    entrypoint = ["/agent"]
     """
     import tomllib
 
@@ -251,13 +259,25 @@ def load_target_file(path: str) -> list[Target]:
         recipe = None
         if image is not None:
             files = image.get("files", {}) if isinstance(image, dict) else None
-            if not isinstance(files, dict) or image.get("base") not in ("scratch", "debian-python") \
-                    or not isinstance(image.get("entrypoint"), list):
+            if (
+                not isinstance(files, dict)
+                or image.get("base") not in ("scratch", "debian-python")
+                or not isinstance(image.get("entrypoint"), list)
+            ):
                 raise ValueError(f"{where}: `image` needs base (scratch or debian-python), files and entrypoint")
             paths = {k: (file.parent / v, 0o755) for k, v in files.items()}
             recipe = ImageRecipe(image["base"], lambda paths=paths: paths, tuple(image["entrypoint"]))
-        out.append(Target(name, argv, image=recipe, variant=str(entry.get("variant", "")), origin=str(file),
-                          prepare=str(entry.get("build", "")), folder=file.parent))
+        out.append(
+            Target(
+                name,
+                argv,
+                image=recipe,
+                variant=str(entry.get("variant", "")),
+                origin=str(file),
+                prepare=str(entry.get("build", "")),
+                folder=file.parent,
+            )
+        )
     return out
 
 
@@ -267,8 +287,10 @@ def prepare(target: Target) -> None:
         return
     proc = subprocess.run(target.prepare, shell=True, cwd=target.folder, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise BuildError(f"target {target.name}: its build step `{target.prepare}` failed (exit {proc.returncode}):"
-                         f"\n{(proc.stdout + proc.stderr)[-2000:]}")
+        raise BuildError(
+            f"target {target.name}: its build step `{target.prepare}` failed (exit {proc.returncode}):"
+            f"\n{(proc.stdout + proc.stderr)[-2000:]}"
+        )
 
 
 def select_targets(selection: str | None, added: list[str], files: list[str] = ()) -> dict[str, Target]:

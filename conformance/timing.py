@@ -9,6 +9,7 @@ emulated machine raises it, and every tolerance and wait grows with it. Protocol
 timers under test (a SYN retransmission schedule) are the kernel's and are not
 scaled; only the harness's patience is.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ the host's own namespace), and everything is removed by close(). Names carry
 the project prefix and the owner's PID, so a later run can sweep what a killed
 run left behind (see sweep()).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -36,13 +37,30 @@ FAMILIES = {"v4": socket.AF_INET, "v6": socket.AF_INET6}
 IPPROTO_TCP = socket.IPPROTO_TCP
 
 TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
     12: "NEW_SYN_RECV",
 }
 
-NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
-              0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
+NUD_STATES = {
+    0x01: "INCOMPLETE",
+    0x02: "REACHABLE",
+    0x04: "STALE",
+    0x08: "DELAY",
+    0x10: "PROBE",
+    0x20: "FAILED",
+    0x40: "NOARP",
+    0x80: "PERMANENT",
+}
 
 ALL_STATES = 0xFFF  # every real TCP state (1 << 0 .. 1 << 11)
 TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
@@ -156,10 +174,20 @@ def sysctl_path(key: str) -> str:
     return "/proc/sys/" + key.replace(".", "/")
 
 
-SS_STATES = {"ESTABLISHED": "ESTAB", "FIN_WAIT1": "FIN-WAIT-1", "FIN_WAIT2": "FIN-WAIT-2",
-             "TIME_WAIT": "TIME-WAIT", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK", "SYN_SENT": "SYN-SENT",
-             "SYN_RECV": "SYN-RECV", "CLOSE": "UNCONN", "NEW_SYN_RECV": "SYN-RECV", "LISTEN": "LISTEN",
-             "CLOSING": "CLOSING"}
+SS_STATES = {
+    "ESTABLISHED": "ESTAB",
+    "FIN_WAIT1": "FIN-WAIT-1",
+    "FIN_WAIT2": "FIN-WAIT-2",
+    "TIME_WAIT": "TIME-WAIT",
+    "CLOSE_WAIT": "CLOSE-WAIT",
+    "LAST_ACK": "LAST-ACK",
+    "SYN_SENT": "SYN-SENT",
+    "SYN_RECV": "SYN-RECV",
+    "CLOSE": "UNCONN",
+    "NEW_SYN_RECV": "SYN-RECV",
+    "LISTEN": "LISTEN",
+    "CLOSING": "CLOSING",
+}
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -182,8 +210,10 @@ class SockInfo:
 
     def __str__(self):
         state = SS_STATES.get(self.state, self.state)
-        return (f"{self.proto:<4}{state:<11}{self.rqueue:>6} {self.wqueue:>6}  "
-                f"{_endpoint(self.src, self.sport):<24} {_endpoint(self.dst, self.dport)}")
+        return (
+            f"{self.proto:<4}{state:<11}{self.rqueue:>6} {self.wqueue:>6}  "
+            f"{_endpoint(self.src, self.sport):<24} {_endpoint(self.dst, self.dport)}"
+        )
 
     __repr__ = __str__
 
@@ -278,8 +308,9 @@ class Host:
         self.call(run)
 
     # kernel evidence
-    def sockets(self, state: str | None = None, *, proto: str = "tcp", family: str | None = None,
-                bound: bool = False, **match) -> list[SockInfo]:
+    def sockets(
+        self, state: str | None = None, *, proto: str = "tcp", family: str | None = None, bound: bool = False, **match
+    ) -> list[SockInfo]:
         """Rows of the namespace's socket table (sock_diag) in `state` whose fields equal every keyword.
 
         proto: "tcp" or "udp"; family: "v4"/"v6" (default both); bound=True also lists
@@ -300,9 +331,14 @@ class Host:
                         rows.append(
                             SockInfo(
                                 state=TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
-                                src=m["idiag_src"], sport=m["idiag_sport"],
-                                dst=m["idiag_dst"], dport=m["idiag_dport"],
-                                rqueue=m["idiag_rqueue"], wqueue=m["idiag_wqueue"], family=fam, proto=proto,
+                                src=m["idiag_src"],
+                                sport=m["idiag_sport"],
+                                dst=m["idiag_dst"],
+                                dport=m["idiag_dport"],
+                                rqueue=m["idiag_rqueue"],
+                                wqueue=m["idiag_wqueue"],
+                                family=fam,
+                                proto=proto,
                             )
                         )
             return rows
@@ -346,10 +382,10 @@ class Host:
             for name in ("netstat", "snmp"):
                 with open(f"/proc/thread-self/net/{name}") as f:
                     lines = f.read().splitlines()
-                for head, vals in zip(lines[::2], lines[1::2]):
+                for head, vals in zip(lines[::2], lines[1::2], strict=True):
                     group, keys = head.split(":", 1)
                     _, nums = vals.split(":", 1)
-                    for k, v in zip(keys.split(), nums.split()):
+                    for k, v in zip(keys.split(), nums.split(), strict=True):
                         out[f"{group}.{k}"] = int(v)
             with open("/proc/thread-self/net/snmp6") as f:  # "Ip6OutNoRoutes 3" -> Ip6.OutNoRoutes
                 for line in f:
@@ -379,8 +415,9 @@ class Host:
         net = ipaddress.ip_network(prefix)
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         where = {"gateway": via} if via else {"oif": self.ifindex}
-        self.netlink(lambda ipr: ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen,
-                                           family=family, **where))
+        self.netlink(
+            lambda ipr: ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen, family=family, **where)
+        )
 
     def neighbour_state(self, addr: str) -> str | None:
         """The state of this host's neighbour entry for addr (NUD name: "FAILED", "PERMANENT"...), None if none."""
@@ -395,15 +432,22 @@ class Host:
 
     def has_link_local(self) -> bool:
         """Whether the veth end has its IPv6 link-local address yet (it comes up to ~1 s after the link)."""
-        return self.netlink(lambda ipr: any(
-            a.get_attr("IFA_ADDRESS", "").startswith("fe80:")
-            for a in ipr.get_addr(family=socket.AF_INET6, index=self.ifindex)))
+        return self.netlink(
+            lambda ipr: any(
+                a.get_attr("IFA_ADDRESS", "").startswith("fe80:")
+                for a in ipr.get_addr(family=socket.AF_INET6, index=self.ifindex)
+            )
+        )
 
     def neighbour_probes(self, count: int, interval_ms: int) -> None:
         """Neighbour discovery (ARP and IPv6) on the veth gives up after count probes interval_ms apart."""
-        self.sysctls({f"net.{ip}.neigh.{self.ifname}.{key}": value
-                      for ip in ("ipv4", "ipv6")
-                      for key, value in (("mcast_solicit", count), ("app_solicit", 0), ("retrans_time_ms", interval_ms))})
+        self.sysctls(
+            {
+                f"net.{ip}.neigh.{self.ifname}.{key}": value
+                for ip in ("ipv4", "ipv6")
+                for key, value in (("mcast_solicit", count), ("app_solicit", 0), ("retrans_time_ms", interval_ms))
+            }
+        )
 
 
 class Topology:
@@ -443,10 +487,14 @@ class Topology:
             host.sysctls(BASE_SYSCTLS)
         self.target.sysctls(target_sysctls)
         # Create both veth ends directly in their namespaces: moving one costs 40-90 ms.
-        self.target.netlink(lambda ipr: ipr.link(
-            "add", ifname=self.target.ifname, kind="veth",
-            peer={"ifname": self.peer.ifname, "net_ns_fd": self.peer.ns},
-        ))
+        self.target.netlink(
+            lambda ipr: ipr.link(
+                "add",
+                ifname=self.target.ifname,
+                kind="veth",
+                peer={"ifname": self.peer.ifname, "net_ns_fd": self.peer.ns},
+            )
+        )
         for host in self.hosts:
             host.netlink(lambda ipr, host=host: self._address(ipr, host))
         # Permanent neighbour entries for the link partner: no ARP or neighbour
@@ -454,9 +502,12 @@ class Topology:
         # a second to join its solicited-node group, and a lost first neighbour
         # solicitation would delay a v6 connect by a full second.
         for host, other in ((self.target, self.peer), (self.peer, self.target)):
-            host.netlink(lambda ipr, host=host, other=other: [
-                ipr.neigh("replace", dst=addr, lladdr=other.mac, ifindex=host.ifindex, state="permanent")
-                for addr in (other.addr4, other.addr6)])
+            host.netlink(
+                lambda ipr, host=host, other=other: [
+                    ipr.neigh("replace", dst=addr, lladdr=other.mac, ifindex=host.ifindex, state="permanent")
+                    for addr in (other.addr4, other.addr6)
+                ]
+            )
 
     @staticmethod
     def _address(ipr, host):
@@ -476,17 +527,24 @@ class Topology:
         the peer has forwarding off. No netfilter needed.
         """
         addr = BLACKHOLE4 if family == "v4" else BLACKHOLE6
-        self.target.netlink(lambda ipr: ipr.neigh(
-            "replace", dst=addr, lladdr=self.peer.mac, ifindex=self.target.ifindex, state="permanent"))
+        self.target.netlink(
+            lambda ipr: ipr.neigh(
+                "replace", dst=addr, lladdr=self.peer.mac, ifindex=self.target.ifindex, state="permanent"
+            )
+        )
         return addr
 
     def add_address(self, addr: str, family: str) -> str:
         """Give the target another address on its veth; the peer reaches it without neighbour discovery."""
         prefix, flags = (NET4.prefixlen, 0) if family == "v4" else (NET6.prefixlen, IFA_F_NODAD)
-        self.target.netlink(lambda ipr: ipr.addr("add", index=self.target.ifindex, address=addr,
-                                                 prefixlen=prefix, flags=flags))
-        self.peer.netlink(lambda ipr: ipr.neigh("replace", dst=addr, lladdr=self.target.mac,
-                                                ifindex=self.peer.ifindex, state="permanent"))
+        self.target.netlink(
+            lambda ipr: ipr.addr("add", index=self.target.ifindex, address=addr, prefixlen=prefix, flags=flags)
+        )
+        self.peer.netlink(
+            lambda ipr: ipr.neigh(
+                "replace", dst=addr, lladdr=self.target.mac, ifindex=self.peer.ifindex, state="permanent"
+            )
+        )
         return addr
 
     def route_through_peer(self, prefix: str) -> None:
@@ -495,13 +553,19 @@ class Topology:
         link); the target ignores IPv6 redirects, so its route stays via the router."""
         family = "v4" if ipaddress.ip_network(prefix).version == 4 else "v6"
         self.target.add_route(prefix, via=self.peer.addr(family))
-        self.peer.sysctls({
-            "net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
-            "net.ipv4.icmp_ratelimit": "0", "net.ipv6.icmp.ratelimit": "0",
-            "net.ipv4.conf.all.send_redirects": "0", f"net.ipv4.conf.{self.peer.ifname}.send_redirects": "0",
-        })
-        self.target.sysctls({"net.ipv6.conf.all.accept_redirects": "0",
-                             f"net.ipv6.conf.{self.target.ifname}.accept_redirects": "0"})
+        self.peer.sysctls(
+            {
+                "net.ipv4.ip_forward": "1",
+                "net.ipv6.conf.all.forwarding": "1",
+                "net.ipv4.icmp_ratelimit": "0",
+                "net.ipv6.icmp.ratelimit": "0",
+                "net.ipv4.conf.all.send_redirects": "0",
+                f"net.ipv4.conf.{self.peer.ifname}.send_redirects": "0",
+            }
+        )
+        self.target.sysctls(
+            {"net.ipv6.conf.all.accept_redirects": "0", f"net.ipv6.conf.{self.target.ifname}.accept_redirects": "0"}
+        )
 
     def close(self):
         for ns in reversed(self.created):

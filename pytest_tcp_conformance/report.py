@@ -3,6 +3,7 @@
 Registered on the controller only (under pytest-xdist, workers' reports reach the
 controller's hooks); JUnit properties come from each item's user_properties.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,12 @@ class Reporter:
         opt, run = self.config.getoption, self.run
         self.records = results.collect(self.reports)
         doc = results.document(
-            self.records, profile=opt("--profile"), sysctls=run.sysctls, kernel=run.kernel,
-            kernel_version=expect_mod.kernel_version(run.kernel), targets=list(run.targets),
+            self.records,
+            profile=opt("--profile"),
+            sysctls=run.sysctls,
+            kernel=run.kernel,
+            kernel_version=expect_mod.kernel_version(run.kernel),
+            targets=list(run.targets),
         )
         for name, write in (("--results-json", results.write_json), ("--html", html.write)):
             if opt(name):
@@ -63,12 +68,17 @@ class Reporter:
             overrides = " ".join(f"{k}={v}" for k, v in run.sysctls.items())
             write(f"kernel {run.kernel}, profile {opt('--profile')}" + (f", sysctls {overrides}" if overrides else ""))
         for d in self.stale:
-            verb = ("removed from" if opt("--update-expectations")
-                    else "is gone; run with --update-expectations to remove it from")
+            verb = (
+                "removed from"
+                if opt("--update-expectations")
+                else "is gone; run with --update-expectations to remove it from"
+            )
             write(f"declared difference {d.target} {d.case} ({d.reason}) {verb} {d.path}")
         if run.swept:
-            write(f"swept {len(run.swept)} namespace(s) or container(s) left by killed runs or workers: "
-                  f"{', '.join(run.swept)}")
+            write(
+                f"swept {len(run.swept)} namespace(s) or container(s) left by killed runs or workers: "
+                f"{', '.join(run.swept)}"
+            )
         for note in run.notes:
             write(f"sweep: {note}")
         if self.records:
@@ -76,12 +86,15 @@ class Reporter:
                 kept = run.pcap_dir.exists() and any(run.pcap_dir.iterdir())
             except OSError:
                 kept = False
-            write(f"pcap files: {run.pcap_dir}"
-                  + ("" if kept else " (none kept: only failed cases keep theirs; --keep-pcaps keeps all)"))
+            write(
+                f"pcap files: {run.pcap_dir}"
+                + ("" if kept else " (none kept: only failed cases keep theirs; --keep-pcaps keeps all)")
+            )
         for name in ("--results-json", "--html"):
             if opt(name) and not any(e.startswith(name) for e in self.output_errors):
                 write(f"{name[2:]}: {opt(name)}")
         if self.output_errors:
             more = f" (and {len(self.output_errors) - 1} more)" if len(self.output_errors) > 1 else ""
-            terminalreporter.write_line(f"could not write {self.output_errors[0]}{more}; every verdict above stands",
-                                        red=True)
+            terminalreporter.write_line(
+                f"could not write {self.output_errors[0]}{more}; every verdict above stands", red=True
+            )

@@ -1,4 +1,5 @@
 """Running the suite from inside the suite's own tests: a child pytest with a JUnit report."""
+
 import os
 import subprocess
 import sys
@@ -16,10 +17,27 @@ def deviant(mode: str, name: str = "deviant") -> str:
 def run_suite(tmp_path, *args, timeout=300, env=None):
     """Run pytest on the conformance cases in a child process; return (exit code, {test name: outcome}, output)."""
     report = tmp_path / "junit.xml"
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--tb=line",
-           f"--junitxml={report}", "--pcap-dir", str(tmp_path / "pcaps"), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **(env or {})))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--tb=line",
+        f"--junitxml={report}",
+        "--pcap-dir",
+        str(tmp_path / "pcaps"),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **(env or {})),
+    )
     outcomes = {}
     if report.exists():
         for case in ET.parse(report).getroot().iter("testcase"):

@@ -1,4 +1,5 @@
 """The pipeline material in ci/ is well-formed and runs what the README says."""
+
 import json
 import os
 import re
@@ -29,11 +30,18 @@ def test_github_workflow_structure():
         uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@")]
         assert uploads and uploads[0].get("if") == "always()", f"{name} must upload results even on failure"
     run = " ".join(s.get("run", "") for s in jobs["matrix"]["steps"])
-    for flag in ("--junitxml", "--results-json", "--pcap-dir", "--runner ${{ matrix.runner }}",
-                 "--targets ${{ matrix.target }}"):
+    for flag in (
+        "--junitxml",
+        "--results-json",
+        "--pcap-dir",
+        "--runner ${{ matrix.runner }}",
+        "--targets ${{ matrix.target }}",
+    ):
         assert flag in run
-    assert any("docker-engine.sh" in s.get("run", "") and s.get("if") == "matrix.runner == 'docker'"
-               for s in jobs["matrix"]["steps"])
+    assert any(
+        "docker-engine.sh" in s.get("run", "") and s.get("if") == "matrix.runner == 'docker'"
+        for s in jobs["matrix"]["steps"]
+    )
 
 
 def test_container_recipe_never_pulls():
@@ -53,13 +61,19 @@ def test_github_matrix_targets_come_from_the_target_records(tmp_path):
     producer, output = m.groups()
     needs = jobs["matrix"].get("needs", [])
     assert producer in ([needs] if isinstance(needs, str) else needs), "the matrix job must need the job it reads"
-    step_id, key = re.fullmatch(r"\$\{\{\s*steps\.(\w+)\.outputs\.(\w+)\s*\}\}",
-                                jobs[producer]["outputs"][output].strip()).groups()
+    step_id, key = re.fullmatch(
+        r"\$\{\{\s*steps\.(\w+)\.outputs\.(\w+)\s*\}\}", jobs[producer]["outputs"][output].strip()
+    ).groups()
     step = next(s for s in jobs[producer]["steps"] if s.get("id") == step_id)
     # Run the step as the runner would (bash, from the checkout) and read what it wrote to $GITHUB_OUTPUT.
     out = tmp_path / "github_output"
     out.touch()
-    subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, check=True, timeout=60,
-                   env=dict(os.environ, GITHUB_OUTPUT=str(out)))
+    subprocess.run(
+        ["bash", "-e", "-c", step["run"]],
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+        env=dict(os.environ, GITHUB_OUTPUT=str(out)),
+    )
     written = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert json.loads(written[key]) == list(BUILTIN)

@@ -1,4 +1,5 @@
 """Nothing is left behind: namespaces, veths and agent processes go, also on Ctrl-C and SIGTERM."""
+
 import os
 import signal
 import subprocess
@@ -59,14 +60,29 @@ def test_interrupted_run_leaves_nothing(sig):
 
     # A target that ignores TCP_SYNCNT keeps connect() waiting for the kernel's 133 s (the
     # harness deadline ends it at 30 s): the signal always arrives in the middle of the case.
-    args = ["-p", "no:cacheprovider", "-q", "tests/cases/test_timedout.py", "--targets", "slow",
-            "--add-target", deviant("ignore-syncnt", "slow"), "--families", "v4", "--agent-deadline", "30"]
+    args = [
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "tests/cases/test_timedout.py",
+        "--targets",
+        "slow",
+        "--add-target",
+        deviant("ignore-syncnt", "slow"),
+        "--families",
+        "v4",
+        "--agent-deadline",
+        "30",
+    ]
     # pytest as a user starts it from a shell: Ctrl-C raises KeyboardInterrupt. (A process started
     # from an xdist worker inherits SIGINT ignored, so the child sets Python's handler itself.)
-    launcher = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                f"sys.exit(pytest.main({args!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    launcher = (
+        "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.exit(pytest.main({args!r}))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         names, agents = [], []
         deadline = time.monotonic() + 20
@@ -110,17 +126,35 @@ def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
     from .helpers import deviant
 
     proc = subprocess.Popen(  # a case that stays in connect() (see test_interrupted_run_leaves_nothing)
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2", "tests/cases/test_timedout.py",
-         "--targets", "slow", "--add-target", deviant("ignore-syncnt", "slow"), "--families", "v4",
-         "--agent-deadline", "30"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-n",
+            "2",
+            "tests/cases/test_timedout.py",
+            "--targets",
+            "slow",
+            "--add-target",
+            deviant("ignore-syncnt", "slow"),
+            "--families",
+            "v4",
+            "--agent-deadline",
+            "30",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         victim, names, agents = None, [], []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not agents:
             for name in suite_namespaces():
-                pid = int(name[len(PREFIX):].split("-")[0])
+                pid = int(name[len(PREFIX) :].split("-")[0])
                 if pid != os.getpid() and _parent(pid) == proc.pid:  # a worker of this run
                     victim = pid
                     names = suite_namespaces(pid)
@@ -153,9 +187,24 @@ def test_host_namespace_untouched():
     """Links, addresses, routes, rules, neighbours and net sysctls of the host are the same after cases ran."""
     before = host_snapshot()
     code = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "4", "tests/cases",
-         "-k", "refused or handshake or time_wait or queue_full or unreachable or udp"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-n",
+            "4",
+            "tests/cases",
+            "-k",
+            "refused or handshake or time_wait or queue_full or unreachable or udp",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     after = host_snapshot()
     assert code.returncode in (0, 1), code.stdout[-3000:]
     for part in before:
@@ -171,9 +220,25 @@ def host_snapshot():
     def clean(msgs):
         out = []
         for m in msgs:
-            attrs = sorted((k, str(v)) for k, v in m.get("attrs", []) if k not in (
-                "IFLA_STATS", "IFLA_STATS64", "IFLA_AF_SPEC", "IFA_CACHEINFO", "RTA_CACHEINFO", "IFLA_XDP",
-                "NDA_CACHEINFO", "NDA_PROBES", "IFLA_PROTINFO", "IFLA_LINKINFO", "IFLA_PERM_ADDRESS", "IFLA_MAP"))
+            attrs = sorted(
+                (k, str(v))
+                for k, v in m.get("attrs", [])
+                if k
+                not in (
+                    "IFLA_STATS",
+                    "IFLA_STATS64",
+                    "IFLA_AF_SPEC",
+                    "IFA_CACHEINFO",
+                    "RTA_CACHEINFO",
+                    "IFLA_XDP",
+                    "NDA_CACHEINFO",
+                    "NDA_PROBES",
+                    "IFLA_PROTINFO",
+                    "IFLA_LINKINFO",
+                    "IFLA_PERM_ADDRESS",
+                    "IFLA_MAP",
+                )
+            )
             out.append(attrs)
         return sorted(out)
 
@@ -196,17 +261,19 @@ def host_snapshot():
             except OSError:
                 pass
     snap["sysctls"] = sysctls
-    snap["netns"] = sorted(n for n in (os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else [])
-                           if not n.startswith(PREFIX))
+    snap["netns"] = sorted(
+        n for n in (os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []) if not n.startswith(PREFIX)
+    )
     return snap
 
 
 FAULTY = {
     "failing-case": None,  # the deviant target: a case fails
-    "crash": "import sys\nprint('ready proto=1 lang=fake version=1 pid=1', flush=True)\nsys.stdin.readline()\nsys.exit(139)",
+    "crash": "import sys\nprint('ready proto=1 lang=fake version=1 pid=1', flush=True)\n"
+    "sys.stdin.readline()\nsys.exit(139)",
     "hang": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport time\ntime.sleep(300)",
     "garbage": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys, time\nsys.stdin.readline()\n"
-               "print('\\x00\\xff garbage', flush=True)\ntime.sleep(300)",
+    "print('\\x00\\xff garbage', flush=True)\ntime.sleep(300)",
 }
 
 
@@ -217,17 +284,39 @@ def test_faults_leave_nothing(tmp_path, fault):
     from .helpers import DEVIANT
 
     script = tmp_path / f"{fault}-agent.py"  # its path in the agent's command line finds leftovers
-    script.write_text(FAULTY[fault] or
-                      f"import runpy, sys\nsys.argv = ['agent', '--mode', 'linger-close']\n"
-                      f"runpy.run_path({str(DEVIANT)!r}, run_name='__main__')\n")
+    script.write_text(
+        FAULTY[fault]
+        or f"import runpy, sys\nsys.argv = ['agent', '--mode', 'linger-close']\n"
+        f"runpy.run_path({str(DEVIANT)!r}, run_name='__main__')\n"
+    )
     spec = f"bad={sys.executable} {script}"
     tmpdir = tmp_path / "tmp"  # the run's TMPDIR: whatever temporary file it leaves shows here
     tmpdir.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/cases/test_time_wait.py",
-         "--families", "v4", "--targets", "bad", "--add-target", spec, "--agent-deadline", "1",
-         "--pcap-dir", str(tmp_path / "pcaps")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, TMPDIR=str(tmpdir)))
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "tests/cases/test_time_wait.py",
+            "--families",
+            "v4",
+            "--targets",
+            "bad",
+            "--add-target",
+            spec,
+            "--agent-deadline",
+            "1",
+            "--pcap-dir",
+            str(tmp_path / "pcaps"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TMPDIR=str(tmpdir)),
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out.decode()
     assert suite_namespaces(proc.pid) == []

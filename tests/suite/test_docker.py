@@ -1,4 +1,5 @@
 """The Docker runner: same cases, same verdicts, targets in containers; skips cleanly without an engine."""
+
 import json
 import os
 
@@ -9,8 +10,13 @@ from conformance.docker_runner import OWNER_LABEL, DockerRunner, DockerUnavailab
 
 from .helpers import ROOT, run_suite
 
-MISSION = ["tests/cases/test_handshake.py", "tests/cases/test_refused.py", "tests/cases/test_timedout.py",
-           "tests/cases/test_queue_full.py", "tests/cases/test_time_wait.py"]
+MISSION = [
+    "tests/cases/test_handshake.py",
+    "tests/cases/test_refused.py",
+    "tests/cases/test_timedout.py",
+    "tests/cases/test_queue_full.py",
+    "tests/cases/test_time_wait.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,19 @@ def test_docker_runner_gives_the_namespace_runner_verdicts(engine, tmp_path):
     for runner in ("namespace", "docker"):
         out = tmp_path / runner
         out.mkdir()
-        code, outcomes, output = run_suite(out, *MISSION, "--families", "v4", "-n", "4", "--runner", runner,
-                                           "--results-json", str(out / "r.json"), timeout=1800)
+        code, outcomes, output = run_suite(
+            out,
+            *MISSION,
+            "--families",
+            "v4",
+            "-n",
+            "4",
+            "--runner",
+            runner,
+            "--results-json",
+            str(out / "r.json"),
+            timeout=1800,
+        )
         assert code == 0, output
         docs[runner] = json.loads((out / "r.json").read_text())
     assert len(docs["docker"]["results"]) == 21
@@ -43,8 +60,18 @@ def test_docker_runner_gives_the_namespace_runner_verdicts(engine, tmp_path):
 
 
 def test_one_target_in_docker_others_in_namespaces(engine, tmp_path):
-    code, _, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4", "--targets", "c,go",
-                                "--runner", "go=docker", "--results-json", str(tmp_path / "r.json"))
+    code, _, output = run_suite(
+        tmp_path,
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "c,go",
+        "--runner",
+        "go=docker",
+        "--results-json",
+        str(tmp_path / "r.json"),
+    )
     assert code == 0, output
     runners = {r["target"]: r["observed"]["runner"] for r in json.loads((tmp_path / "r.json").read_text())["results"]}
     assert runners == {"c": "namespace", "go": "docker"}
@@ -52,26 +79,50 @@ def test_one_target_in_docker_others_in_namespaces(engine, tmp_path):
 
 @pytest.mark.parametrize("ci,outcome", [("", "skipped"), ("true", "failed")])
 def test_unknown_oci_runtime_is_skipped_with_its_reason_but_fails_in_ci(engine, tmp_path, ci, outcome):
-    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4", "--targets", "c",
-                                       "--runner", "docker", "--docker-runtime", "no-such-runtime", "-rs",
-                                       env={"CI": ci})
+    code, outcomes, output = run_suite(
+        tmp_path,
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "c",
+        "--runner",
+        "docker",
+        "--docker-runtime",
+        "no-such-runtime",
+        "-rs",
+        env={"CI": ci},
+    )
     assert outcomes == {"test_refused[v4-c]": outcome}, output
     assert "OCI runtime 'no-such-runtime' is not configured" in output
 
 
 def test_without_engine_docker_cases_skip_and_the_default_run_is_unaffected(tmp_path):
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "CI": ""}
-    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4",
-                                       "--targets", "python,c", "--runner", "c=docker", "-rs", env=env)
+    code, outcomes, output = run_suite(
+        tmp_path,
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "python,c",
+        "--runner",
+        "c=docker",
+        "-rs",
+        env=env,
+    )
     assert outcomes == {"test_refused[v4-python]": "passed", "test_refused[v4-c]": "skipped"}, output
     assert "no Docker engine reachable" in output
     assert code == 0
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("podman", "runner must be one of namespace, docker"),
-    ("rust=docker", "'rust' is not a selected target"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("podman", "runner must be one of namespace, docker"),
+        ("rust=docker", "'rust' is not a selected target"),
+    ],
+)
 def test_bad_runner_is_a_usage_error(tmp_path, spec, message):
     code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--runner", spec)
     assert code == 4 and message in output and not outcomes
@@ -87,9 +138,18 @@ def test_sweep_removes_containers_of_dead_runs_only(engine, tmp_path):
     from conformance.docker_runner import SPACE_LABEL, sweep_containers
     from conformance.lease import LEASE_DIR, Lease, lockspace
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from conformance.lease import Lease; "
-                               "l = Lease(); print(l.space, l.id, flush=True); sys.stdin.read()"],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from conformance.lease import Lease; "
+            "l = Lease(); print(l.space, l.id, flush=True); sys.stdin.read()",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     space, live = holder.stdout.readline().split()
     dead = Lease()
     dead_id = dead.id
@@ -98,11 +158,18 @@ def test_sweep_removes_containers_of_dead_runs_only(engine, tmp_path):
     image = DockerRunner().image("c")
     made = {}
     try:
-        for name, (sp, owner) in {"dead": (space, dead_id), "live": (space, live),
-                                  "elsewhere": ("0" * 32, "f" * 32)}.items():
-            made[name] = engine.containers.create(image, stdin_open=True, network_mode="none",
-                                                  name=f"tcc-sweeptest-{name}-{os.getpid()}",
-                                                  labels={OWNER_LABEL: owner, SPACE_LABEL: sp})
+        for name, (sp, owner) in {
+            "dead": (space, dead_id),
+            "live": (space, live),
+            "elsewhere": ("0" * 32, "f" * 32),
+        }.items():
+            made[name] = engine.containers.create(
+                image,
+                stdin_open=True,
+                network_mode="none",
+                name=f"tcc-sweeptest-{name}-{os.getpid()}",
+                labels={OWNER_LABEL: owner, SPACE_LABEL: sp},
+            )
         removed, notes = sweep_containers()
         present = {c.name for c in engine.containers.list(all=True, filters={"label": OWNER_LABEL})}
     finally:

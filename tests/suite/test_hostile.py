@@ -1,4 +1,5 @@
 """Agents are untrusted programs: whatever they print or do, the harness stays bounded."""
+
 import sys
 import tempfile
 import time
@@ -17,20 +18,23 @@ HOSTILE = {
     "floods-stderr": READY + "import sys\nsys.stdin.readline()\nwhile True:\n    sys.stderr.write('x' * 65536)",
     # escape sequences in a reply's message and on stderr
     "escapes": READY + "import sys, time\nsys.stdin.readline()\nsys.stderr.write('\\x1b[2J\\x1b]0;pwned\\x07')\n"
-                       "sys.stderr.flush()\nprint('unsupported 1 msg=%1B%5B31mred%07', flush=True)\ntime.sleep(60)",
+    "sys.stderr.flush()\nprint('unsupported 1 msg=%1B%5B31mred%07', flush=True)\ntime.sleep(60)",
 }
 
 
-def start(tmp_path, kind, deadline=1.0):
+def start(tmp_path, kind, deadline=10.0):
     script = tmp_path / f"{kind}.py"
     script.write_text(HOSTILE[kind])
     return Agent(kind, [sys.executable, str(script)], deadline=deadline)
 
 
-@pytest.mark.parametrize("kind,reason", [
-    ("closes-stdout", "agent closed its stdout before replying"),
-    ("closes-stdin", "agent closed its stdin"),
-])
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("closes-stdout", "agent closed its stdout before replying"),
+        ("closes-stdin", "agent closed its stdin"),
+    ],
+)
 def test_an_agent_that_closes_a_pipe_and_lives_on_is_killed_in_bounded_time(tmp_path, kind, reason):
     agent = start(tmp_path, kind)
     began = time.monotonic()
@@ -46,7 +50,7 @@ def test_an_agent_that_closes_a_pipe_and_lives_on_is_killed_in_bounded_time(tmp_
 
 
 def test_a_flooding_stderr_is_kept_as_a_bounded_tail(tmp_path):
-    agent = start(tmp_path, "floods-stderr", deadline=0.5)
+    agent = start(tmp_path, "floods-stderr")
     try:
         agent.submit("socket tcp inet")
         time.sleep(0.5)  # megabytes a second
@@ -148,13 +152,19 @@ def test_an_agent_cannot_leave_its_sandbox():
     with open(script, "w") as f:
         f.write(ESCAPES)
     os.chmod(script, 0o755)
-    before = (open("/proc/sys/kernel/domainname").read(), os.path.exists("/etc/tcc-hostile"),
-              open("/proc/self/mountinfo").read().count("tcc-hostile"))
+    before = (
+        open("/proc/sys/kernel/domainname").read(),
+        os.path.exists("/etc/tcc-hostile"),
+        open("/proc/self/mountinfo").read().count("tcc-hostile"),
+    )
     with Net() as net:
         agent = net.start(Target("escape", ["/bin/sh", str(script)]))
         reply = agent.call("socket tcp inet")
-    after = (open("/proc/sys/kernel/domainname").read(), os.path.exists("/etc/tcc-hostile"),
-             open("/proc/self/mountinfo").read().count("tcc-hostile"))
+    after = (
+        open("/proc/sys/kernel/domainname").read(),
+        os.path.exists("/etc/tcc-hostile"),
+        open("/proc/self/mountinfo").read().count("tcc-hostile"),
+    )
     subprocess.run(["rm", "-rf", folder], check=True)
     assert agent.uid == AGENT_UID, agent.uid_reason
     assert reply.msg == "did:nothing", f"the agent got out: {reply.msg}"

@@ -1,4 +1,5 @@
 """The library (conformance/) stands without pytest; the plugin is registered the standard way."""
+
 import ast
 import re
 import subprocess
@@ -33,8 +34,9 @@ def test_readme_example_drives_a_case_from_plain_python():
     readme = (ROOT / "README.md").read_text()
     example = re.search(r"<!-- example: plain python -->\s*```python\n(.*?)```", readme, re.S)
     assert example, "README.md lacks the plain-Python example"
-    proc = subprocess.run([sys.executable, "-c", example.group(1)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", example.group(1)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ECONNREFUSED" in proc.stdout and "[RA]" in proc.stdout, proc.stdout
 
@@ -71,10 +73,12 @@ def test_timing_slack_option_is_checked_before_any_namespace(tmp_path):
 
 
 def test_wire_evidence_is_relative_and_leaves_out_link_noise():
-    segs = [Segment(5.0, "icmp6", "fe80::1", "ff02::16", icmp_type=143),
-            Segment(10.0, "tcp", "198.51.100.2", "198.51.100.1", 40000, 7878, "S", 3_000_000_000, 0),
-            Segment(10.0001, "tcp", "198.51.100.1", "198.51.100.2", 7878, 40000, "SA", 77, 3_000_000_001),
-            Segment(10.0002, "tcp", "198.51.100.2", "198.51.100.1", 40000, 7878, "PA", 3_000_000_001, 78, 18)]
+    segs = [
+        Segment(5.0, "icmp6", "fe80::1", "ff02::16", icmp_type=143),
+        Segment(10.0, "tcp", "198.51.100.2", "198.51.100.1", 40000, 7878, "S", 3_000_000_000, 0),
+        Segment(10.0001, "tcp", "198.51.100.1", "198.51.100.2", 7878, 40000, "SA", 77, 3_000_000_001),
+        Segment(10.0002, "tcp", "198.51.100.2", "198.51.100.1", 40000, 7878, "PA", 3_000_000_001, 78, 18),
+    ]
     lines = relative(s for s in segs if not noise(s))
     assert lines == [
         " 0.000000 198.51.100.2.40000 > 198.51.100.1.7878 [S] seq 0 len 0",

@@ -1,5 +1,6 @@
 """Output paths cannot be turned against root: private folders, no symlink followed, checked up front;
 a disk that fills mid-run costs the pcaps, never a verdict."""
+
 import json
 import os
 import stat
@@ -25,28 +26,52 @@ def planted(tmp_path):
     os.chmod(folder, 0o755)
     os.chown(folder, NOBODY, NOBODY)
     for name in ("pcaps", "r.json"):
-        subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
-                        "ln", "-s", str(victim), os.path.join(folder, name)], check=True)
+        subprocess.run(
+            [
+                "setpriv",
+                "--reuid",
+                str(NOBODY),
+                "--regid",
+                str(NOBODY),
+                "--clear-groups",
+                "ln",
+                "-s",
+                str(victim),
+                os.path.join(folder, name),
+            ],
+            check=True,
+        )
     yield folder, victim
     subprocess.run(["rm", "-rf", folder], check=True)
 
 
-@pytest.mark.parametrize("option,name", [("--pcap-dir", "pcaps"), ("--results-json", "r.json"),
-                                         ("--html", "r.json")])
+@pytest.mark.parametrize("option,name", [("--pcap-dir", "pcaps"), ("--results-json", "r.json"), ("--html", "r.json")])
 def test_paths_another_user_controls_are_refused_before_any_namespace(tmp_path, planted, option, name):
     folder, victim = planted
-    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4",
-                                       option, os.path.join(folder, name))
+    code, outcomes, output = run_suite(
+        tmp_path, "tests/cases/test_refused.py", "--families", "v4", option, os.path.join(folder, name)
+    )
     assert code == 4 and not outcomes, output
     assert f"{option}: " in output and ("symbolic link" in output or "belongs to uid 65534" in output), output
     assert victim.read_text() == "root's file\n"
 
 
 def test_default_pcap_folder_is_private_and_fresh(tmp_path):
-    code, _, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4", "--targets", "dev",
-                                "--add-target", deviant("wrong-errno", "dev"), "--pcap-dir", "")
-    folder = next(line.split("pcap files: ", 1)[1].split()[0] for line in output.splitlines()
-                  if line.startswith("pcap files: "))
+    code, _, output = run_suite(
+        tmp_path,
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "dev",
+        "--add-target",
+        deviant("wrong-errno", "dev"),
+        "--pcap-dir",
+        "",
+    )
+    folder = next(
+        line.split("pcap files: ", 1)[1].split()[0] for line in output.splitlines() if line.startswith("pcap files: ")
+    )
     try:
         st = os.stat(folder)
         assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid(), oct(st.st_mode)
@@ -56,8 +81,10 @@ def test_default_pcap_folder_is_private_and_fresh(tmp_path):
         subprocess.run(["rm", "-rf", folder])
 
 
-@pytest.mark.parametrize("path,message", [("/tmp", "/tmp is a folder"), ("/tmp/x.json", "other users can write"),
-                                          ("/nonexistent/x.json", "does not exist")])
+@pytest.mark.parametrize(
+    "path,message",
+    [("/tmp", "/tmp is a folder"), ("/tmp/x.json", "other users can write"), ("/nonexistent/x.json", "does not exist")],
+)
 def test_bad_results_paths(path, message):
     with pytest.raises(outputs.OutputError, match=message):
         outputs.check_file(path, "--results-json")
@@ -76,13 +103,37 @@ def test_a_full_disk_costs_the_pcaps_not_the_verdicts(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir(mode=0o700)
     results = tmp_path / "r.json"
-    inner = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/cases/test_refused.py",
-             "--families", "v4", "--targets", "python,dev", "--add-target", deviant("wrong-errno", "dev"),
-             "--keep-pcaps", "--pcap-dir", str(disk / "pcaps"), "--results-json", str(results)]
-    script = (f"mount -t tmpfs -o size=64k,mode=700 tcc-full {disk} && mkdir -m 700 {disk}/pcaps && "
-              f"(dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null || true) && exec " + " ".join(map(repr, inner)))
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    inner = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "python,dev",
+        "--add-target",
+        deviant("wrong-errno", "dev"),
+        "--keep-pcaps",
+        "--pcap-dir",
+        str(disk / "pcaps"),
+        "--results-json",
+        str(results),
+    ]
+    script = (
+        f"mount -t tmpfs -o size=64k,mode=700 tcc-full {disk} && mkdir -m 700 {disk}/pcaps && "
+        f"(dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null || true) && exec " + " ".join(map(repr, inner))
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out  # the deviant's case failed; nothing else went wrong
     assert "INTERNALERROR" not in out and "Traceback" not in out, out

@@ -3,6 +3,7 @@
 The agents run in a fresh namespace of their own (net fixture); the sockets
 here only talk over the namespace's loopback.
 """
+
 import re
 import sys
 import time
@@ -95,8 +96,18 @@ def test_parse_reply():
     assert (r.n, r.data, r.eof) == (5, b"hello", False)
     assert parse_reply("t", "c", "ok 1 n=0 data=-").eof
     assert parse_reply("t", "c", "proto badop msg=x").errno == "badop"
-    for bad in ["", "maybe 1", "ok", "ok x", "ok 1 novalue", "ok -5", "err ECONNREFUSED", "err 111 5",
-                "ok 1 h=one", "ok 1 data=zz"]:
+    for bad in [
+        "",
+        "maybe 1",
+        "ok",
+        "ok x",
+        "ok 1 novalue",
+        "ok -5",
+        "err ECONNREFUSED",
+        "err 111 5",
+        "ok 1 h=one",
+        "ok 1 data=zz",
+    ]:
         with pytest.raises((ValueError, IndexError)):
             parse_reply("t", "c", bad)
 
@@ -106,8 +117,11 @@ def test_unsupported_and_failed_steps_say_what_was_expected():
 
     with pytest.raises(Unsupported, match="go: `setsockopt 1 nonblock 1` is unsupported: no non-blocking"):
         parse_reply("go", "setsockopt 1 nonblock 1", "unsupported 1 msg=no%20non-blocking").check()
-    with pytest.raises(StepFailed, match=r"`listen 1 4` \(listen before the clients connect\) must succeed on c: "
-                                         r"expected ok, got EADDRINUSE after 0.012 ms"):
+    with pytest.raises(
+        StepFailed,
+        match=r"`listen 1 4` \(listen before the clients connect\) must succeed on c: "
+        r"expected ok, got EADDRINUSE after 0.012 ms",
+    ):
         parse_reply("c", "listen 1 4", "err EADDRINUSE 12").check("listen before the clients connect")
 
 
@@ -124,8 +138,13 @@ def test_every_command_of_the_table(net, agent, family):
         return reply
 
     scratch = do("socket", "tcp", family).h
-    for opt, value in (("reuseaddr", (1,)), ("linger", (1, 0)), ("syncnt", (2,)), ("user_timeout", (1000,)),
-                       ("nonblock", (1,))):
+    for opt, value in (
+        ("reuseaddr", (1,)),
+        ("linger", (1, 0)),
+        ("syncnt", (2,)),
+        ("user_timeout", (1000,)),
+        ("nonblock", (1,)),
+    ):
         assert set(protocol.OPTIONS) >= {opt}
         if do("setsockopt", scratch, opt, *value).status == "ok":
             assert do("getsockopt", scratch, opt).status in ("ok", "unsupported")
@@ -150,7 +169,7 @@ def test_every_command_of_the_table(net, agent, family):
 def test_protocol_md_lists_the_command_table():
     """targets/PROTOCOL.md's command table and conformance/protocol.py's COMMANDS say the same."""
     text = (ROOT / "targets" / "PROTOCOL.md").read_text()
-    table = text[text.index("## Commands"):text.index("Options for")]
+    table = text[text.index("## Commands") : text.index("Options for")]
     documented = {}
     for line in table.splitlines():
         if line.startswith("| `"):
@@ -160,19 +179,23 @@ def test_protocol_md_lists_the_command_table():
     assert set(documented) == set(protocol.COMMANDS), "PROTOCOL.md's command table differs from protocol.COMMANDS"
     for name, cmd in protocol.COMMANDS.items():
         args, fields = documented[name]
-        assert len(args) == len(cmd.args) - ("VALUE..." in cmd.args) + ("VALUE..." in args), \
+        assert len(args) == len(cmd.args) - ("VALUE..." in cmd.args) + ("VALUE..." in args), (
             f"{name}: PROTOCOL.md shows {args}, the table {cmd.usage()}"
+        )
         for f in cmd.reply:
             assert f"{f}=" in fields, f"{name}: PROTOCOL.md's reply fields lack {f}="
     for code in protocol.ERROR_CODES:
         assert f"`{code}`" in text
 
 
-@pytest.mark.parametrize("ready,reason", [
-    ("ready proto=2 lang=fake version=1 pid=1", "the ready line says proto=2; this harness speaks proto=1 only"),
-    ("ready lang=fake version=1 pid=1", "the ready line says proto=(missing)"),
-    ("hello", "expected a `ready` line"),
-])
+@pytest.mark.parametrize(
+    "ready,reason",
+    [
+        ("ready proto=2 lang=fake version=1 pid=1", "the ready line says proto=2; this harness speaks proto=1 only"),
+        ("ready lang=fake version=1 pid=1", "the ready line says proto=(missing)"),
+        ("hello", "expected a `ready` line"),
+    ],
+)
 def test_agent_with_another_protocol_is_refused_at_start(tmp_path, ready, reason):
     script = tmp_path / "agent.py"
     script.write_text(f"import sys, time\nprint({ready!r}, flush=True)\ntime.sleep(30)\n")
@@ -262,20 +285,23 @@ def test_nonblocking_wins_over_a_call_timeout(net, agent):
     ls = agent.listener("127.0.0.1", 5011)
     agent.setsockopt(ls, "nonblock", 1).check("make the listener non-blocking")  # Go: unsupported, skipped
     r = agent.accept(ls, 2.0)
-    assert r.errno in ("EAGAIN", "EWOULDBLOCK") and r.ms < slack(AT_ONCE_MS), \
+    assert r.errno in ("EAGAIN", "EWOULDBLOCK") and r.ms < slack(AT_ONCE_MS), (
         f"accept with MS 2000 on a non-blocking listener must fail at once with EAGAIN: {r}"
+    )
     assert agent.getsockopt(ls, "nonblock").value == "1", "the listener must stay non-blocking after the call"
     c = agent.socket("tcp", "v4").h
     agent.setsockopt(c, "nonblock", 1).check("make the client non-blocking")
     r = agent.connect(c, "127.0.0.1", 5011, 2.0)
-    assert r.errno == "EINPROGRESS" and r.ms < slack(AT_ONCE_MS), \
+    assert r.errno == "EINPROGRESS" and r.ms < slack(AT_ONCE_MS), (
         f"connect with MS 2000 on a non-blocking socket must fail at once with EINPROGRESS: {r}"
+    )
     assert net.target.wait_state("ESTABLISHED", dport=5011), "the non-blocking connect did not complete"
     a = agent.accept(ls, 2.0).check("accept the queued connection on the non-blocking listener")
     assert agent.getsockopt(a.h, "nonblock").value == "0", "a socket from accept starts blocking"
     r = agent.recv(c, 100, 2.0)
-    assert r.errno in ("EAGAIN", "EWOULDBLOCK") and r.ms < slack(AT_ONCE_MS), \
+    assert r.errno in ("EAGAIN", "EWOULDBLOCK") and r.ms < slack(AT_ONCE_MS), (
         f"recv with MS 2000 on a non-blocking socket must fail at once with EAGAIN: {r}"
+    )
     assert agent.getsockopt(c, "nonblock").value == "1"
 
 
@@ -301,8 +327,9 @@ def test_a_call_timeout_does_not_carry_over(net, agent, family, second):
         time.sleep(0.3)
         peer.sendall(b"late")
         r = pending.wait()
-        assert r.ok and r.data == b"late" and r.ms >= 250, \
+        assert r.ok and r.data == b"late" and r.ms >= 250, (
             f"recv after a timed-out recv must wait for the data sent 300 ms later: {r}"
+        )
     finally:
         peer.close()
 
@@ -372,16 +399,37 @@ def test_check_target_reports_what_an_outside_agent_gets_wrong(tmp_path):
     """`python -m conformance check-target -- COMMAND` runs these self-tests on any agent, line by line."""
     import subprocess
 
-    good = subprocess.run([sys.executable, "-m", "conformance", "check-target", "--", sys.executable, "-I", "-S",
-                           str(ROOT / "targets" / "python" / "agent.py")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "check-target",
+            "--",
+            sys.executable,
+            "-I",
+            "-S",
+            str(ROOT / "targets" / "python" / "agent.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok   test_every_command_of_the_table[v4-checked]" in good.stdout
     assert good.stdout.strip().splitlines()[-1].endswith("the agent speaks targets/PROTOCOL.md")
     bad = tmp_path / "agent.py"  # answers every command with a numeric errno
-    bad.write_text("import sys\nprint('ready proto=1 lang=bad version=1 pid=1', flush=True)\n"
-                   "for line in sys.stdin:\n    print('err 111 5', flush=True)\n")
-    wrong = subprocess.run([sys.executable, "-m", "conformance", "check-target", "--", sys.executable, str(bad)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    bad.write_text(
+        "import sys\nprint('ready proto=1 lang=bad version=1 pid=1', flush=True)\n"
+        "for line in sys.stdin:\n    print('err 111 5', flush=True)\n"
+    )
+    wrong = subprocess.run(
+        [sys.executable, "-m", "conformance", "check-target", "--", sys.executable, str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert "FAIL test_errno_names_and_elapsed[checked]" in wrong.stdout and "is not an errno name" in wrong.stdout

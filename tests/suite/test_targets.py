@@ -1,4 +1,5 @@
 """Target selection, --add-target, usage errors, builds, and agents that misbehave."""
+
 import ast
 import re
 import sys
@@ -45,8 +46,11 @@ def builtin_name_lists(source: str) -> list[str]:
     def names(node):
         return {e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in BUILTIN}
 
-    return [f"line {node.lineno}: {ast.unparse(node)}" for node in ast.walk(tree)
-            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(names(node)) >= 2]
+    return [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(names(node)) >= 2
+    ]
 
 
 def test_builtin_target_names_are_listed_only_in_the_target_records():
@@ -77,16 +81,19 @@ def test_add_target_is_selected_by_default_and_by_name():
     assert list(select_targets("mine", [spec])) == ["mine"]
 
 
-@pytest.mark.parametrize("targets,added,message", [
-    ("python,rust", [], "unknown target(s) rust"),
-    (",", [], "no target named"),
-    (None, ["noequals"], "expected NAME=COMMAND"),
-    (None, ["x="], "expected NAME=COMMAND"),
-    (None, ["Bad Name=/bin/true"], "NAME must match"),
-    (None, ["c=/bin/true"], "built-in target name"),
-    (None, ["a=/bin/true", "a=/bin/false"], "given twice"),
-    (None, ["q=/bin/echo 'unterminated"], "No closing quotation"),
-])
+@pytest.mark.parametrize(
+    "targets,added,message",
+    [
+        ("python,rust", [], "unknown target(s) rust"),
+        (",", [], "no target named"),
+        (None, ["noequals"], "expected NAME=COMMAND"),
+        (None, ["x="], "expected NAME=COMMAND"),
+        (None, ["Bad Name=/bin/true"], "NAME must match"),
+        (None, ["c=/bin/true"], "built-in target name"),
+        (None, ["a=/bin/true", "a=/bin/false"], "given twice"),
+        (None, ["q=/bin/echo 'unterminated"], "No closing quotation"),
+    ],
+)
 def test_bad_target_options(targets, added, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         select_targets(targets, added)
@@ -108,26 +115,30 @@ def test_missing_compiler_names_the_tool(monkeypatch):
 FAKE = {
     "hangs": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport time\ntime.sleep(60)",
     "crashes": "import sys\nprint('ready proto=1 lang=fake version=1 pid=1', flush=True)\nsys.stdin.readline()\n"
-               "sys.stderr.write('fake agent: segfault in connect\\n')\nsys.exit(139)",
+    "sys.stderr.write('fake agent: segfault in connect\\n')\nsys.exit(139)",
     "garbage": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys\nsys.stdin.readline()\n"
-               "print('HELLO THERE', flush=True)\nimport time\ntime.sleep(60)",
+    "print('HELLO THERE', flush=True)\nimport time\ntime.sleep(60)",
     "badhandle": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys\nsys.stdin.readline()\n"
-                 "sys.stderr.write('fake agent: handle table corrupted\\n')\nprint('proto badhandle msg=no%20handle%201', flush=True)\n"
-                 "import time\ntime.sleep(60)",
+    "sys.stderr.write('fake agent: handle table corrupted\\n')\n"
+    "print('proto badhandle msg=no%20handle%201', flush=True)\n"
+    "import time\ntime.sleep(60)",
     "floods": "print('ready proto=1 lang=fake version=1 pid=1', flush=True)\nimport sys\nsys.stdin.readline()\n"
-              "sys.stdout.write('x' * (3 << 20))\nsys.stdout.flush()\nimport time\ntime.sleep(60)",
+    "sys.stdout.write('x' * (3 << 20))\nsys.stdout.flush()\nimport time\ntime.sleep(60)",
     "silent": "import time\ntime.sleep(60)",
     "exits": "import sys\nsys.stderr.write('cannot start: missing library\\n')\nsys.exit(3)",
 }
 
 
-@pytest.mark.parametrize("kind,reason", [
-    ("hangs", "no reply within 0.5 s: agent hung, killed"),
-    ("crashes", "agent exited (status 139) before replying"),
-    ("garbage", "malformed reply 'HELLO THERE'"),
-    ("floods", "without a newline (flood)"),
-    ("badhandle", "protocol error from the agent: proto badhandle"),
-])
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("hangs", "no reply within 0.5 s: agent hung, killed"),
+        ("crashes", "agent exited (status 139) before replying"),
+        ("garbage", "malformed reply 'HELLO THERE'"),
+        ("floods", "without a newline (flood)"),
+        ("badhandle", "protocol error from the agent: proto badhandle"),
+    ],
+)
 def test_misbehaving_agent_is_killed_and_reported(tmp_path, kind, reason):
     script = tmp_path / f"{kind}.py"
     script.write_text(FAKE[kind])
@@ -146,10 +157,13 @@ def test_misbehaving_agent_is_killed_and_reported(tmp_path, kind, reason):
         agent.stop()
 
 
-@pytest.mark.parametrize("kind,reason", [
-    ("silent", "no reply within"),
-    ("exits", "agent exited (status 3)"),
-])
+@pytest.mark.parametrize(
+    "kind,reason",
+    [
+        ("silent", "no reply within"),
+        ("exits", "agent exited (status 3)"),
+    ],
+)
 def test_agent_that_never_gets_ready(tmp_path, kind, reason):
     script = tmp_path / f"{kind}.py"
     script.write_text(FAKE[kind])
@@ -164,8 +178,15 @@ def test_broken_target_fails_its_cases_and_the_session_goes_on(tmp_path):
     script = tmp_path / "crashes.py"
     script.write_text(FAKE["crashes"])
     code, outcomes, output = run_suite(
-        tmp_path, "tests/cases/test_refused.py", "--families", "v4",
-        "--targets", "broken,python", "--add-target", f"broken={sys.executable} {script}")
+        tmp_path,
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "broken,python",
+        "--add-target",
+        f"broken={sys.executable} {script}",
+    )
     assert outcomes == {"test_refused[v4-broken]": "failed", "test_refused[v4-python]": "passed"}, output
     assert "target broken: agent exited (status 139)" in output
     assert code == 1
@@ -186,14 +207,24 @@ def test_a_target_defined_in_a_file_runs_and_is_recorded(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "targets.toml").write_text(
-        '[[target]]\n'
+        "[[target]]\n"
         'name = "mine"\n'
         f'command = ["{sys.executable}", "-I", "-S", "agent.py"]\n'
         'variant = "the Python agent, copied by a build step"\n'
-        f'build = "cp {ROOT}/targets/python/agent.py agent.py"\n')
-    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--families", "v4",
-                                       "--targets", "mine,c", "--target-file", str(folder / "targets.toml"),
-                                       "--results-json", str(tmp_path / "r.json"))
+        f'build = "cp {ROOT}/targets/python/agent.py agent.py"\n'
+    )
+    code, outcomes, output = run_suite(
+        tmp_path,
+        "tests/cases/test_refused.py",
+        "--families",
+        "v4",
+        "--targets",
+        "mine,c",
+        "--target-file",
+        str(folder / "targets.toml"),
+        "--results-json",
+        str(tmp_path / "r.json"),
+    )
     assert code == 0 and outcomes == {"test_refused[v4-mine]": "passed", "test_refused[v4-c]": "passed"}, output
     targets = json.loads((tmp_path / "r.json").read_text())["targets"]
     assert targets["mine"]["variant"] == "the Python agent, copied by a build step"
@@ -201,14 +232,17 @@ def test_a_target_defined_in_a_file_runs_and_is_recorded(tmp_path):
     assert targets["c"]["command"].startswith("/") and "c-agent-" in targets["c"]["command"]
 
 
-@pytest.mark.parametrize("content,message", [
-    ('[[target]]\nname = "x"\n', "`command` must be a string or a list of strings"),
-    ('[[target]]\nname = "Bad Name"\ncommand = "true"\n', "`name` must match"),
-    ('[[target]]\nname = "c"\ncommand = "true"\n', "'c' is defined twice"),
-    ('[[target]]\nname = "x"\ncommand = "true"\ncolour = 1\n', "keys must be among"),
-    ('[[target]]\nname = "x"\ncommand = "true"\nbuild = "exit 3"\n', "its build step `exit 3` failed (exit 3)"),
-    ("[[target]\n", "--target-file"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('[[target]]\nname = "x"\n', "`command` must be a string or a list of strings"),
+        ('[[target]]\nname = "Bad Name"\ncommand = "true"\n', "`name` must match"),
+        ('[[target]]\nname = "c"\ncommand = "true"\n', "'c' is defined twice"),
+        ('[[target]]\nname = "x"\ncommand = "true"\ncolour = 1\n', "keys must be among"),
+        ('[[target]]\nname = "x"\ncommand = "true"\nbuild = "exit 3"\n', "its build step `exit 3` failed (exit 3)"),
+        ("[[target]\n", "--target-file"),
+    ],
+)
 def test_bad_target_files_are_usage_errors(tmp_path, content, message):
     path = tmp_path / "t.toml"
     path.write_text(content)
