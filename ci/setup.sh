@@ -1,18 +1,50 @@
 #!/usr/bin/env bash
-# Install what the suite needs, only what is missing (idempotent). Run as root on Debian.
-#   system: iproute2 (ip netns exec), util-linux (setpriv), gcc + libc headers, Go, chromium
+# Install what the suite needs, only what is missing (idempotent). Run as root.
+#   system: iproute2 (ip netns exec), util-linux (setpriv, unshare), gcc + libc headers (C agent,
+#           static), Go, a JDK (Java agent), Node.js (Node agent), Rust (Rust agent: cargo fetches its
+#           crates once), chromium (renders the --html page in a test)
 #   python: the dependencies listed in pyproject.toml
+# It knows Debian (12 and later) and Ubuntu (22.04 and later, as on GitHub's runners, which already
+# carry a JDK, Node, Rust and Chrome): it checks for each tool first and installs only what is missing,
+# by the distribution's own package names. On another distribution it names what to install by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck disable=SC1091
+. /etc/os-release 2>/dev/null || true
+distro="${ID:-unknown}"
+case "$distro" in
+  debian|ubuntu) ;;
+  *)
+    case " ${ID_LIKE:-} " in
+      *" debian "*|*" ubuntu "*) distro=debian ;;
+    esac
+    ;;
+esac
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ]; }
+
 need_apt=()
-command -v ip >/dev/null || need_apt+=(iproute2)
-command -v setpriv >/dev/null || need_apt+=(util-linux)
-command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
-if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then need_apt+=(golang-go); fi
-command -v chromium >/dev/null || need_apt+=(chromium)   # renders the --html page in a test
+have ip /sbin/ip || need_apt+=(iproute2)
+have setpriv /usr/bin/setpriv || need_apt+=(util-linux)
+have gcc /usr/bin/gcc || need_apt+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/libc.a ] || need_apt+=(libc6-dev)
+have go /usr/local/go/bin/go || need_apt+=(golang-go)
+have javac /usr/bin/javac || need_apt+=(default-jdk-headless)
+have node /usr/bin/node || need_apt+=(nodejs)
+have cargo "$HOME/.cargo/bin/cargo" || need_apt+=(cargo)
+if ! have chromium /usr/bin/chromium && ! have google-chrome /usr/bin/google-chrome; then
+  # Debian ships chromium as a package; on Ubuntu it is a snap (the runners carry google-chrome).
+  [ "$distro" = debian ] && need_apt+=(chromium)
+fi
+
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing ${need_apt[*]}"
+  if [ "$distro" != debian ] && [ "$distro" != ubuntu ]; then
+    echo "setup: ${PRETTY_NAME:-this distribution} is not one setup knows (Debian, Ubuntu);" \
+         "install by hand: ${need_apt[*]} (Debian package names)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need_apt[*]} (${PRETTY_NAME:-$distro})"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
@@ -33,7 +65,10 @@ then
     | xargs "$PY" -m pip install -q --root-user-action=ignore --disable-pip-version-check
 fi
 
-# Go's module for the Go agent (golang.org/x/sys), fetched once into the module cache.
+# Modules and crates the Go and Rust agents build from, fetched once into their caches
+# (the builds themselves run offline).
 GO=$(command -v go || echo /usr/local/go/bin/go)
 (cd targets/go && "$GO" mod download)
+CARGO=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+PATH="$(dirname "$CARGO"):$PATH" "$CARGO" fetch --locked --manifest-path targets/rust/Cargo.toml -q
 echo "setup: ok"

@@ -49,10 +49,15 @@ def cache_dir() -> Path:
     return path
 
 
+# Where a toolchain lives when it was installed outside the package manager (and may be off PATH).
+TOOL_HOMES = {"go": "/usr/local/go/bin", "cargo": "~/.cargo/bin", "rustc": "~/.cargo/bin"}
+
+
 def find_tool(tool: str, package: str) -> str:
     path = shutil.which(tool)
-    if path is None and tool == "go" and os.path.exists("/usr/local/go/bin/go"):
-        path = "/usr/local/go/bin/go"
+    home = os.path.expanduser(TOOL_HOMES.get(tool, ""))
+    if path is None and home and os.access(os.path.join(home, tool), os.X_OK):
+        path = os.path.join(home, tool)
     if path is None:
         raise BuildError(
             f"`{tool}` not found on PATH: install it (Debian: `apt-get install {package}`, or run `bash ci/setup.sh`)"
@@ -126,6 +131,34 @@ def build_go() -> Path:
     )
 
 
+RUST_TRIPLE = "x86_64-unknown-linux-gnu"
+
+
+def build_rust() -> Path:
+    """The Rust agent: cargo, offline (the crates were fetched by ci/setup.sh), a static binary (crt-static
+    against glibc's libc.a: musl's target is not installed here) that also serves the FROM scratch image."""
+    cargo = find_tool("cargo", "cargo (Rust 1.78 or newer, e.g. from rustup)")
+    rustc = find_tool("rustc", "rustc (Rust 1.78 or newer, e.g. from rustup)")
+    src = TARGETS_DIR / "rust"
+    files = [src / "Cargo.toml", src / "Cargo.lock", src / "build.rs", *sorted((src / "src").rglob("*.rs"))]
+    key = content_key(files, tool_version([rustc, "--version"]), "crt-static", RUST_TRIPLE)
+
+    def build(out: Path):
+        target_dir = cache_dir() / "rust-target"
+        env = dict(
+            os.environ,
+            CARGO_TARGET_DIR=str(target_dir),
+            RUSTC=rustc,
+            RUSTFLAGS="-C target-feature=+crt-static",
+            PATH=os.path.dirname(cargo) + os.pathsep + os.environ.get("PATH", ""),
+        )
+        _run_build("Rust", [cargo, "build", "--release", "--offline", "--locked", "--target", RUST_TRIPLE], src, env)
+        shutil.copy(target_dir / RUST_TRIPLE / "release" / "tcc-agent", out)
+        os.chmod(out, 0o755)
+
+    return cached_build("rust", key, build)
+
+
 @dataclass(frozen=True)
 class ImageRecipe:
     """How to make a target's container image (conformance.docker_runner builds it, never pulls).
@@ -193,6 +226,7 @@ def builtin_targets() -> dict[str, Target]:
         ),
         Target("c", build=build_c, image=static_binary_image(lambda: build_c(static=True))),
         Target("go", build=build_go, image=static_binary_image(build_go)),  # CGO_ENABLED=0: static
+        Target("rust", build=build_rust, image=static_binary_image(build_rust)),
     ]
     for target in records:
         target.builtin = True
