@@ -63,7 +63,15 @@ def test_udp_refused(net, agent, family, record):
     record("connect_ms", f"{conn.ms:.3f}")
     assert not [x for x in net.wire.segments() if x.proto in ("tcp", "udp")], \
         "connect() on a UDP socket must send nothing"
-    lport = agent.getsockname(u).port
+    name = agent.getsockname(u)
+    lport = name.port
+    record("local_port", lport)
+    assert lport != 0, f"connect() on the UDP socket did not bind it: getsockname gives port 0 ({name})"
+    connected = net.target.sockets(proto="udp", sport=lport, dst=peer, dport=CLOSED_PORT)
+    record("udp_socket", " ".join(x.state for x in connected) or "(none)")
+    assert [x for x in connected if x.state == "ESTABLISHED"], \
+        f"connect() on the UDP socket did not connect it: the kernel's UDP table has no socket on port {lport} " \
+        f"connected to {peer} port {CLOSED_PORT}:\n{net.target.table()}"
     before_target, before_peer = net.target.counters(IN_UNREACH[family]), net.peer.counters(NO_PORTS[family])
 
     sent = agent.send(u, PROBE).check("the first send() on the connected UDP socket: nothing has refused it yet")
