@@ -10,15 +10,15 @@ import pytest
 
 from conformance.case import Net
 from conformance.targets import builtin_targets
-from conformance.topology import NETNS_DIR, PREFIX, sweep
+from conformance.topology import NETNS_DIR, PREFIX, owned_names, sweep
 
 from .helpers import ROOT
 
 
 def suite_namespaces(pid=None):
+    """The suite's namespaces (its naming pattern: other tools' tcc* names are not ours), of pid's run if given."""
     names = os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []
-    stem = f"{PREFIX}{pid}-" if pid else PREFIX
-    return sorted(n for n in names if n.startswith(stem))
+    return sorted(n for n, owner in owned_names(names) if pid is None or owner == pid)
 
 
 def netns_pids(name):
@@ -154,7 +154,7 @@ def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not agents:
             for name in suite_namespaces():
-                pid = int(name[len(PREFIX) :].split("-")[0])
+                pid = next(owner for _, owner in owned_names([name]))
                 if pid != os.getpid() and _parent(pid) == proc.pid:  # a worker of this run
                     victim = pid
                     names = suite_namespaces(pid)
