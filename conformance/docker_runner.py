@@ -33,6 +33,8 @@ OWNER_LABEL = "tcc.owner"  # the owning run's lease id (conformance/lease.py)
 SPACE_LABEL = "tcc.lockspace"  # the lockspace in which that lease can be judged
 SUITE_LABEL = "tcc.suite"
 DEBIAN_SUITE = "bookworm"
+# Image bases made locally from Debian (debootstrap, docker import): the runtime package each carries.
+DEBIAN_BASES = {"debian-python": "python3", "debian-java": "openjdk-17-jre-headless", "debian-node": "nodejs"}
 
 
 class DockerUnavailable(Exception):
@@ -106,10 +108,10 @@ class DockerRunner:
         return found
 
     def _image(self, name: str, recipe: ImageRecipe) -> str:
-        bases = {"scratch": lambda: "scratch", "debian-python": self._debian_python}
-        if recipe.base not in bases:
-            raise BuildError(f"target {name}: unknown image base {recipe.base!r} (known: {', '.join(bases)})")
-        base = bases[recipe.base]()
+        if recipe.base != "scratch" and recipe.base not in DEBIAN_BASES:
+            known = ", ".join(["scratch", *DEBIAN_BASES])
+            raise BuildError(f"target {name}: unknown image base {recipe.base!r} (known: {known})")
+        base = "scratch" if recipe.base == "scratch" else self._debian(recipe.base)
         files = {fname: (src.read_bytes(), mode) for fname, (src, mode) in recipe.files().items()}
         h = hashlib.sha256(base.encode() + b"\0" + json.dumps(recipe.entrypoint).encode() + b"\0")
         for fname, (data, mode) in sorted(files.items()):
@@ -146,24 +148,25 @@ class DockerRunner:
         )
         return image.id
 
-    def _debian_python(self) -> str:
-        """A Debian root filesystem with python3 (debootstrap, then docker import), cached by its recipe."""
+    def _debian(self, base: str) -> str:
+        """A Debian root filesystem with the base's runtime (debootstrap, then docker import), cached by recipe."""
         mirror = apt_mirror()
-        recipe = f"debootstrap --variant=minbase --include=python3 {DEBIAN_SUITE} {mirror or ''}"
-        tag = f"tcc-debian-python:{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+        package = DEBIAN_BASES[base]
+        recipe = f"debootstrap --variant=minbase --include={package} {DEBIAN_SUITE} {mirror or ''}"
+        tag = f"tcc-{base}:{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
         if self._find(tag):
             return tag
         debootstrap = find_tool("debootstrap", "debootstrap")
         work = tempfile.mkdtemp(prefix="tcc-rootfs-", dir="/var/tmp")
         try:
             rootfs = os.path.join(work, "rootfs")
-            argv = [debootstrap, "--variant=minbase", "--include=python3", DEBIAN_SUITE, rootfs] + (
+            argv = [debootstrap, "--variant=minbase", f"--include={package}", DEBIAN_SUITE, rootfs] + (
                 [mirror] if mirror else []
             )
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
                 raise BuildError(
-                    f"debootstrap for the Python image failed: {' '.join(argv)}\n"
+                    f"debootstrap for the {base} image failed: {' '.join(argv)}\n"
                     f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
                 )
             tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,41 @@ def build_rust() -> Path:
     return cached_build("rust", key, build)
 
 
+# The JVM's own warnings go to stderr (by default they go to stdout, into the replies), no perf data
+# file lands in the host's /tmp, and a client VM starts fast (Agent.java measures the choices).
+JAVA_FLAGS = (
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+UseSerialGC",
+    "-XX:-UsePerfData",
+    "-Xshare:auto",
+    "-Xlog:disable",
+    "-Xlog:all=warning:stderr",
+)
+
+
+def build_java() -> Path:
+    """The Java agent as a jar: javac (lint as errors) and jar, keyed by the source and javac's version."""
+    javac = find_tool("javac", "default-jdk-headless")
+    jar = find_tool("jar", "default-jdk-headless")
+    src = TARGETS_DIR / "java" / "Agent.java"
+    flags = ["-Xlint:all", "-Werror", "-XDstringConcat=inline"]
+    key = content_key([src], tool_version([javac, "-version"]), *flags)
+
+    def build(out: Path):
+        with tempfile.TemporaryDirectory(prefix="tcc-javac-") as classes:
+            _run_build("Java", [javac, *flags, "-d", classes, str(src)], src.parent)
+            _run_build(
+                "Java", [jar, "--create", "--main-class", "Agent", "--file", str(out), "-C", classes, "."], src.parent
+            )
+        os.chmod(out, 0o644)
+
+    return cached_build("java", key, build)
+
+
+def java_launch(jar: Path) -> list[str]:
+    return [find_tool("java", "default-jre-headless"), *JAVA_FLAGS, "-cp", str(jar), "Agent"]
+
+
 @dataclass(frozen=True)
 class ImageRecipe:
     """How to make a target's container image (conformance.docker_runner builds it, never pulls).
@@ -198,10 +234,12 @@ class Target:
     origin: str = "built-in"  # built-in, --add-target, or the target file that defines it
     prepare: str = ""  # a target file's build step: a shell command run once per run, before any case
     folder: Path | None = None  # where prepare runs (the target file's folder)
+    launch: Callable[[Path], list[str]] | None = None  # the argv that runs a built file (a jar needs a JVM)
 
     def argv(self) -> list[str]:
         if self.build is not None:
-            return [str(self.build())]
+            built = self.build()
+            return self.launch(built) if self.launch else [str(built)]
         if self.folder is not None:  # a target file's command: relative files are from its folder
             return [
                 str(self.folder / a) if not os.path.isabs(a) and (self.folder / a).exists() else a for a in self.command
@@ -227,6 +265,16 @@ def builtin_targets() -> dict[str, Target]:
         Target("c", build=build_c, image=static_binary_image(lambda: build_c(static=True))),
         Target("go", build=build_go, image=static_binary_image(build_go)),  # CGO_ENABLED=0: static
         Target("rust", build=build_rust, image=static_binary_image(build_rust)),
+        Target(
+            "java",
+            build=build_java,
+            launch=java_launch,
+            image=ImageRecipe(
+                "debian-java",
+                lambda: {"agent.jar": (build_java(), 0o644)},
+                ("java", *JAVA_FLAGS, "-cp", "/agent.jar", "Agent"),
+            ),
+        ),
     ]
     for target in records:
         target.builtin = True

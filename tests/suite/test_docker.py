@@ -7,7 +7,7 @@ import pytest
 
 from conformance import compare
 from conformance.docker_runner import OWNER_LABEL, DockerRunner, DockerUnavailable
-from conformance.targets import BUILTIN
+from conformance.targets import BUILTIN, builtin_targets
 
 from .helpers import ROOT, run_suite
 
@@ -31,6 +31,11 @@ def engine():
         pytest.skip(str(e))
 
 
+# The targets whose images are small enough for every CI run (a static binary in FROM scratch, or
+# Python on a minimal Debian base); Java's and Node's images carry a runtime of hundreds of MB.
+IMAGED = [t for t in BUILTIN if builtin_targets()[t].image.base in ("scratch", "debian-python")]
+
+
 def test_docker_runner_gives_the_namespace_runner_verdicts(engine, tmp_path):
     docs = {}
     for runner in ("namespace", "docker"):
@@ -39,6 +44,8 @@ def test_docker_runner_gives_the_namespace_runner_verdicts(engine, tmp_path):
         code, outcomes, output = run_suite(
             out,
             *MISSION,
+            "--targets",
+            ",".join(IMAGED),
             "--families",
             "v4",
             "-n",
@@ -51,7 +58,7 @@ def test_docker_runner_gives_the_namespace_runner_verdicts(engine, tmp_path):
         )
         assert code == 0, output
         docs[runner] = json.loads((out / "r.json").read_text())
-    assert len(docs["docker"]["results"]) == 7 * len(BUILTIN)  # 7 mission rows a target
+    assert len(docs["docker"]["results"]) == 7 * len(IMAGED)  # 7 mission rows a target
     for rec in docs["docker"]["results"]:
         assert rec["observed"]["runner"] == "docker" and rec["observed"]["docker_runtime"] == "runc"
         assert rec["observed"]["image"].startswith("sha256:")

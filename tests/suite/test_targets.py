@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conformance.agent import Agent, AgentError
+from conformance.docker_runner import DEBIAN_BASES
 from conformance.targets import BUILTIN, BuildError, builtin_targets, find_tool, parse_add_target, select_targets
 
 from .helpers import ROOT, run_suite
@@ -15,7 +16,7 @@ from .helpers import ROOT, run_suite
 def test_default_targets_are_the_builtins():
     # What is built in, stated once: everything else (the CLI default, the CI matrix, the
     # Docker images) derives from the records of conformance/targets.py.
-    assert BUILTIN == ("python", "c", "go", "rust")
+    assert BUILTIN == ("python", "c", "go", "rust", "java")
     assert list(select_targets(None, [])) == list(BUILTIN)
 
 
@@ -24,7 +25,7 @@ def test_a_builtin_target_record_owns_its_build_and_its_image():
         assert target.name == name and target.builtin
         assert bool(target.build) != bool(target.command), f"{name}: a command or a build, not both"
         assert target.image is not None, f"{name}: no image recipe for --runner docker"
-        assert target.image.base in ("scratch", "debian-python") and target.image.entrypoint
+        assert target.image.base in ("scratch", *DEBIAN_BASES) and target.image.entrypoint
 
 
 def test_added_target_without_image_recipe_cannot_run_in_docker():
