@@ -27,14 +27,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .targets import BuildError, ImageRecipe, Target, builtin_targets, cache_dir, find_tool
+from .targets import DEBIAN_BASES, BuildError, ImageRecipe, Target, builtin_targets, cache_dir, find_tool
 
 OWNER_LABEL = "tcc.owner"  # the owning run's lease id (conformance/lease.py)
 SPACE_LABEL = "tcc.lockspace"  # the lockspace in which that lease can be judged
 SUITE_LABEL = "tcc.suite"
 DEBIAN_SUITE = "bookworm"
-# Image bases made locally from Debian (debootstrap, docker import): the runtime package each carries.
-DEBIAN_BASES = {"debian-python": "python3", "debian-java": "openjdk-17-jre-headless", "debian-node": "nodejs"}
 
 
 class DockerUnavailable(Exception):

@@ -195,6 +195,11 @@ def java_launch(jar: Path) -> list[str]:
     return [find_tool("java", "default-jre-headless"), *JAVA_FLAGS, "-cp", str(jar), "Agent"]
 
 
+# Image bases made locally from Debian (debootstrap, docker import; conformance/docker_runner.py): the
+# runtime package each carries. "scratch" is the other base: an empty image for a static binary.
+DEBIAN_BASES = {"debian-python": "python3", "debian-java": "openjdk-17-jre-headless", "debian-node": "nodejs"}
+
+
 @dataclass(frozen=True)
 class ImageRecipe:
     """How to make a target's container image (conformance.docker_runner builds it, never pulls).
@@ -343,10 +348,11 @@ def load_target_file(path: str) -> list[Target]:
             files = image.get("files", {}) if isinstance(image, dict) else None
             if (
                 not isinstance(files, dict)
-                or image.get("base") not in ("scratch", "debian-python")
+                or image.get("base") not in ("scratch", *DEBIAN_BASES)
                 or not isinstance(image.get("entrypoint"), list)
             ):
-                raise ValueError(f"{where}: `image` needs base (scratch or debian-python), files and entrypoint")
+                bases = ", ".join(["scratch", *DEBIAN_BASES])
+                raise ValueError(f"{where}: `image` needs base (one of {bases}), files and entrypoint")
             paths = {k: (file.parent / v, 0o755) for k, v in files.items()}
             recipe = ImageRecipe(image["base"], lambda paths=paths: paths, tuple(image["entrypoint"]))
         out.append(

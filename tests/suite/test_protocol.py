@@ -78,10 +78,10 @@ def test_round_trip_on_loopback(net, agent, family):
     assert agent.send(c, b"hello").n == 5
     assert agent.recv(a.h, 100, 2.0).data == b"hello"
     assert agent.getpeername(a.h).port == agent.getsockname(c).port
+    t = agent.recv(c, 100, 0.1)  # nothing to read (before any FIN, which a runtime may answer with its own)
+    assert (t.status, t.errno) == ("err", "timeout"), "an operation's own timeout must be reported as `timeout`"
     agent.shutdown(c, "wr").check()
     assert agent.recv(a.h, 100, 2.0).eof
-    t = agent.recv(c, 100, 0.1)
-    assert (t.status, t.errno) == ("err", "timeout"), "an operation's own timeout must be reported as `timeout`"
     assert agent.close(a.h).ok and agent.close(c).ok and agent.close(ls).ok
     assert agent.call("quit").ok
     assert agent.proc.wait(timeout=5) == 0
@@ -146,8 +146,8 @@ def test_every_command_of_the_table(net, agent, family):
         ("nonblock", (1,)),
     ):
         assert set(protocol.OPTIONS) >= {opt}
-        if do("setsockopt", scratch, opt, *value).status == "ok":
-            assert do("getsockopt", scratch, opt).status in ("ok", "unsupported")
+        do("setsockopt", scratch, opt, *value)
+        assert do("getsockopt", scratch, opt).status in ("ok", "err", "unsupported")
     ls = do("socket", "tcp", family).h
     do("bind", ls, lo, 5001).check()
     do("listen", ls, 4).check()

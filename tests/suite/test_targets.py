@@ -7,8 +7,15 @@ import sys
 import pytest
 
 from conformance.agent import Agent, AgentError
-from conformance.docker_runner import DEBIAN_BASES
-from conformance.targets import BUILTIN, BuildError, builtin_targets, find_tool, parse_add_target, select_targets
+from conformance.targets import (
+    BUILTIN,
+    DEBIAN_BASES,
+    BuildError,
+    builtin_targets,
+    find_tool,
+    parse_add_target,
+    select_targets,
+)
 
 from .helpers import ROOT, run_suite
 
