@@ -7,6 +7,7 @@ pytest can use it directly:
         agent = net.start(builtin_targets()["python"])
         ...
 """
+
 from __future__ import annotations
 
 import errno
@@ -88,15 +89,33 @@ def launcher(ns: str, uid: int = 0) -> list[str]:
     without exec or an agent that forks leaves nothing running. The agent itself
     runs without capabilities, as uid (conformance/privilege.py).
     """
-    return ["setpriv", "--pdeathsig", "KILL", "ip", "netns", "exec", ns,
-            "unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--", *privilege.drop(uid)]
+    return [
+        "setpriv",
+        "--pdeathsig",
+        "KILL",
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child=SIGKILL",
+        "--",
+        *privilege.drop(uid),
+    ]
 
 
 class Net:
     """Fresh namespaces (target, peer), a capture on the peer's interface, agents started inside."""
 
-    def __init__(self, target_sysctls: dict | None = None, docker=None, target: Target | None = None,
-                 agent_deadline: float | None = None):
+    def __init__(
+        self,
+        target_sysctls: dict | None = None,
+        docker=None,
+        target: Target | None = None,
+        agent_deadline: float | None = None,
+    ):
         """docker (a DockerRunner) with target: the target host is a container running target's agent.
         agent_deadline: how long an agent may take to start or answer (conformance.agent.Agent)."""
         LIVE.add(self)
@@ -111,8 +130,7 @@ class Net:
             if docker is not None:
                 # The container first: its agent is ready before its namespace joins the topology.
                 self._container = f"{new_base()}c"
-                self.agents.append(Agent(target.name, docker.argv(target, self._container),
-                                         deadline=agent_deadline))
+                self.agents.append(Agent(target.name, docker.argv(target, self._container), deadline=agent_deadline))
                 target_pid = docker.pid(self._container)
             self.topo = Topology(target_sysctls, target_pid)
             self.wire = Capture(self.topo.peer)
@@ -168,9 +186,13 @@ class Net:
         ls.settimeout(slack(WAIT))
         conn, _ = ls.accept()
         tport = agent.getsockname(s).port
-        return Connection(agent, s, conn,
-                          End("target", self.target, self.target.addr(family), tport, port),
-                          End("peer", self.peer, self.peer.addr(family), port, tport))
+        return Connection(
+            agent,
+            s,
+            conn,
+            End("target", self.target, self.target.addr(family), tport, port),
+            End("peer", self.peer, self.peer.addr(family), port, tport),
+        )
 
     def target_server(self, agent, family: str, port: int = PORT) -> Connection:
         """The peer connects to a target listener on port, which accepts it and closes the listener."""
@@ -181,9 +203,13 @@ class Net:
         accepted = agent.accept(ls).check("accept the peer's connection")
         agent.close(ls).check("close the listener")
         pport = client.getsockname()[1]
-        return Connection(agent, accepted.h, client,
-                          End("target", self.target, self.target.addr(family), port, pport),
-                          End("peer", self.peer, self.peer.addr(family), pport, port))
+        return Connection(
+            agent,
+            accepted.h,
+            client,
+            End("target", self.target, self.target.addr(family), port, pport),
+            End("peer", self.peer, self.peer.addr(family), pport, port),
+        )
 
     def close(self):
         for agent in self.agents:
@@ -239,8 +265,12 @@ def how_ended(wire: Capture, end: End, timeout: float = 1.0) -> str:
     Judged from the first segment from `end` carrying a FIN or an RST (waiting for it), and any RST
     from it seen by then. Ask it first after a close() or shutdown(): whatever a case checks next
     (CLOSE_WAIT, TIME_WAIT, end of file) is a consequence of it."""
-    from_end = lambda s: (s.proto == "tcp" and s.src == end.addr  # noqa: E731
-                          and s.sport == end.port and s.dport == end.remote_port)
+    from_end = lambda s: (
+        s.proto == "tcp"
+        and s.src == end.addr  # noqa: E731
+        and s.sport == end.port
+        and s.dport == end.remote_port
+    )
     found = wire.wait_for(lambda s: from_end(s) and ("F" in s.flags or "R" in s.flags), timeout)
     if not found:
         return "nothing"
@@ -265,8 +295,9 @@ SHUTDOWN = {0: "none", 1: "rd", 2: "wr", 3: "rdwr"}  # sk_shutdown: RCV_SHUTDOWN
 
 def shut_down(end: End) -> str | None:
     """The directions the kernel has shut down on `end`'s socket (sock_diag's INET_DIAG_SHUTDOWN):
-    "none", "rd", "wr" or "rdwr"; None when its host has no such socket. shutdown(SHUT_WR) shows
-    "wr"; a FIN received adds "rd"; close() shuts both."""
+    "none", "rd", "wr" or "rdwr"; "closed" when the socket has no file any more (close()d: an orphan
+    the kernel finishes alone); None when its host has no such socket. shutdown(SHUT_WR) shows "wr";
+    a FIN received adds "rd"."""
 
     def run():
         with DiagSocket() as ds:
@@ -274,6 +305,8 @@ def shut_down(end: End) -> str | None:
             for fam in (socket.AF_INET, socket.AF_INET6):
                 for m in ds.get_sock_stats(family=fam, protocol=socket.IPPROTO_TCP, states=ALL_STATES):
                     if (m["idiag_src"], m["idiag_sport"], m["idiag_dport"]) == (end.addr, end.port, end.remote_port):
+                        if not m["idiag_inode"]:
+                            return "closed"
                         return SHUTDOWN.get(m.get_attr("INET_DIAG_SHUTDOWN") or 0, "?")
         return None
 

@@ -9,12 +9,14 @@ nobody accept()s. The next client's SYN is dropped without an answer (no
 SYN-ACK, no RST), counted in TcpExt.ListenOverflows; the client stays in
 SYN_SENT and retransmits its SYN, about 1 s later (the kernel's initial RTO).
 
+    listen_took_effect(net, backlog, record=record)     # the backlog asked for is the one in force
     client, cport = queued_client(net, family)          # one connection, completed, not accepted
     ports, listener = fill(net, family, PORT, backlog)  # backlog + 1 of them
     late = knock(net, family, PORT)                     # one more: only observed
     record("listen_overflows", late.overflows)
     assert_held_off(net, late, backlog)                 # judged
 """
+
 from __future__ import annotations
 
 import socket
@@ -28,8 +30,29 @@ OVERFLOWS = "TcpExt.ListenOverflows"
 RETRANSMIT_WAIT = 3.0  # s: bound on seeing the dropped SYN retransmitted (the kernel resends it ~1 s later)
 
 
-def queued_client(net: Net, family: str, port: int = PORT,
-                  which: str = "the peer's connect()") -> tuple[socket.socket, int]:
+def listen_took_effect(
+    net: Net, asked: int, port: int = PORT, expected: int | None = None, why: str = "", record=None
+) -> SockInfo:
+    """The target's listener on port has the backlog its listen(asked) asks for (or `expected`, with `why`:
+    a cap), from the kernel's table (the listener's Send-Q), before anything depends on it.
+
+    record (a case's record callable): keeps it as backlog_in_force first. Returns the listener's row;
+    fails naming the backlog in force: "listen(1) did not take effect: the listener's backlog (Send-Q) is 4096"."""
+    listener = net.target.wait_state("LISTEN", sport=port)
+    if record is not None:
+        record("backlog_in_force", listener.wqueue if listener else "no listener")
+    assert listener, f"the target has no listening socket on port {port} after listen({asked})"
+    want = asked if expected is None else expected
+    assert listener.wqueue == want, (
+        f"listen({asked}) did not take effect: the listener's backlog (Send-Q) is {listener.wqueue}"
+        + (f", expected {want} ({why})" if expected is not None else "")
+    )
+    return listener
+
+
+def queued_client(
+    net: Net, family: str, port: int = PORT, which: str = "the peer's connect()"
+) -> tuple[socket.socket, int]:
     """Connect from the peer to the target's listener on port; the handshake must complete without accept().
 
     Returns the peer's socket (non-blocking) and its port. which: the connection, as the failure names it."""
@@ -43,8 +66,10 @@ def fill(net: Net, family: str, port: int = PORT, backlog: int = 1) -> tuple[lis
 
     Returns their client ports and the listener's row holding them (Recv-Q backlog + 1);
     fails naming the connection that did not complete, or the queue that does not hold them."""
-    ports = [queued_client(net, family, port, f"connection {i + 1} of backlog + 1 = {backlog + 1}")[1]
-             for i in range(backlog + 1)]
+    ports = [
+        queued_client(net, family, port, f"connection {i + 1} of backlog + 1 = {backlog + 1}")[1]
+        for i in range(backlog + 1)
+    ]
     listener = net.target.wait_state("LISTEN", sport=port, rqueue=backlog + 1)
     assert listener, f"the accept queue does not hold backlog + 1 = {backlog + 1}"
     return ports, listener
@@ -81,11 +106,13 @@ def assert_held_off(net: Net, late: Late, backlog: int) -> None:
     """The late connection was delayed, not refused nor completed: its SYN retransmitted, no SYN-ACK
     and no RST to it, the client in SYN_SENT, ListenOverflows risen. backlog: the one in force."""
     n = backlog + 2
-    assert len(late.syns) >= 2, \
+    assert len(late.syns) >= 2, (
         f"connection {n} was not held off: its SYN was not retransmitted (a backlog above {backlog} in force?)"
+    )
     assert connected(late.sock, 0) is None, f"connection {n} completed at once beyond a full queue (backlog {backlog})"
-    assert net.peer.wait_state("SYN_SENT", sport=late.port, dport=late.server_port), \
+    assert net.peer.wait_state("SYN_SENT", sport=late.port, dport=late.server_port), (
         "the late client is not in SYN_SENT"
+    )
     assert not net.wire.tcp(dport=late.port, has="R"), "the full queue answered the late SYN with an RST (refused)"
     assert not net.wire.tcp(dport=late.port, has="S"), "the full queue answered the late SYN with a SYN-ACK"
     assert late.overflows >= 1, f"{OVERFLOWS} did not rise for the dropped SYN"

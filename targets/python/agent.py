@@ -3,6 +3,7 @@
 It uses the socket module the way a Python program would and reports what it
 returned. No test logic lives here.
 """
+
 import errno
 import os
 import platform
@@ -121,7 +122,7 @@ class Agent:
             value = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         elif opt == "linger":
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
-            value = "%d,%d" % (int.from_bytes(raw[:4], sys.byteorder), int.from_bytes(raw[4:], sys.byteorder))
+            value = f"{int.from_bytes(raw[:4], sys.byteorder)},{int.from_bytes(raw[4:], sys.byteorder)}"
         elif opt == "syncnt":
             value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT)
         elif opt == "user_timeout":
@@ -256,7 +257,7 @@ def serve(stream):
                 return
         except Proto as e:
             reply(f"proto {e.code} msg={pct(e)}")
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:  # socket.timeout is TimeoutError since Python 3.10
             us = (time.monotonic_ns() - start) // 1000
             # settimeout's own expiry: TimeoutError with errno None.
             if e.errno is None:

@@ -29,10 +29,11 @@ is dropped without RST whatever the setting.)
 After either, the target's accept() hands over exactly the two queued
 connections; a third accept() times out (the raced one is not in the queue).
 """
+
 import socket
 from dataclasses import dataclass
 
-from conformance import shaping
+from conformance import queue, shaping
 from conformance.capture import tcp
 from conformance.case import PORT, connected, peer_recv_outcome
 
@@ -58,12 +59,12 @@ class Race:
 
 def test_abort_on_overflow_rst(net, agent, family, record):
     """tcp_abort_on_overflow=1: the ACK meeting the full queue gets an RST; the client's recv() ECONNRESET."""
-    check_reset(net, agent, race(net, agent, family, abort=1), record)
+    check_reset(net, agent, race(net, agent, family, record, abort=1), record)
 
 
 def test_abort_on_overflow_off(net, agent, family, record):
     """tcp_abort_on_overflow=0: that ACK is dropped, the SYN-ACK retransmitted; the client believes it is connected."""
-    check_dropped(net, agent, race(net, agent, family, abort=0), record)
+    check_dropped(net, agent, race(net, agent, family, record, abort=0), record)
 
 
 def test_overflow_final_ack(net, agent, family, record):
@@ -72,23 +73,28 @@ def test_overflow_final_ack(net, agent, family, record):
     (say linux-default and abort-on-overflow) differ here."""
     setting = net.target.sysctl("net.ipv4.tcp_abort_on_overflow")
     record("tcp_abort_on_overflow", setting)
-    r = race(net, agent, family, abort=None)
+    r = race(net, agent, family, record, abort=None)
     (check_reset if setting == "1" else check_dropped)(net, agent, r, record)
 
 
-def race(net, agent, family, abort: int | None) -> Race:
+def race(net, agent, family, record, abort: int | None) -> Race:
     """abort: set tcp_abort_on_overflow to it; None keeps the value in force (the run's stack profile)."""
     server = net.target.addr(family)
     if abort is not None:
-        assert net.target.sysctl("net.ipv4.tcp_abort_on_overflow", str(abort)) == str(abort)
+        assert net.target.sysctl("net.ipv4.tcp_abort_on_overflow", str(abort)) == str(abort), (
+            f"could not set net.ipv4.tcp_abort_on_overflow={abort} in the target namespace"
+        )
     shaping.install(net.target)
     ls = agent.listener(server, PORT, BACKLOG)
+    # Kernel: listen(1) took effect (the listener's Send-Q): the race needs a queue that holds exactly 2.
+    queue.listen_took_effect(net, BACKLOG, record=record)
 
     # One connection waits in the queue (it has room for one more).
     queued = net.peer_connect(family, server, PORT)
     assert connected(queued) == 0, "the first connection did not complete without accept()"
-    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=1), \
+    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=1), (
         "the accept queue does not hold the first connection: the listener must leave it there until accept()"
+    )
     before = net.target.counters(*COUNTERS)
 
     # Two more, back to back, while the target's SYN-ACKs are held in its egress.
@@ -97,40 +103,56 @@ def race(net, agent, family, abort: int | None) -> Race:
     late = net.peer_connect(family, server, PORT)
     early_port, late_port = early.getsockname()[1], late.getsockname()[1]
     for port in (early_port, late_port):
-        assert net.target.wait_state("SYN_RECV", sport=PORT, dport=port), \
+        assert net.target.wait_state("SYN_RECV", sport=PORT, dport=port), (
             f"the SYN from port {port} was not answered while the queue had room"
+        )
     hold2 = shaping.hold(net, net.target, HOLD)  # what the target sends after the SYN-ACKs waits again
 
     # Both clients complete their handshake: connect() succeeds for both.
     assert connected(early) == 0, "the first racer's connect() did not succeed"
     assert connected(late) == 0, "the second racer's connect() did not succeed"
-    assert net.peer.wait_state("ESTABLISHED", sport=late_port, dport=PORT), \
+    assert net.peer.wait_state("ESTABLISHED", sport=late_port, dport=PORT), (
         "the second racer's client is not ESTABLISHED after its connect() succeeded"
+    )
 
     # Wire: the race happened as built: the second SYN arrived before the first SYN-ACK left.
     late_syn = net.wire.expect(tcp(sport=late_port, flags="S"), "the second racer's SYN")
     early_synack = net.wire.expect(tcp(dport=early_port, flags="SA"), "the first racer's SYN-ACK")
     late_synack = net.wire.expect(tcp(dport=late_port, flags="SA", ack=late_syn.seq + 1), "the second racer's SYN-ACK")
-    late_ack = net.wire.expect(tcp(sport=late_port, flags="A", ack=late_synack.seq + 1),
-                               "the second racer's final ACK")
+    late_ack = net.wire.expect(tcp(sport=late_port, flags="A", ack=late_synack.seq + 1), "the second racer's final ACK")
     early_ack = net.wire.expect(tcp(sport=early_port, flags="A"), "the first racer's final ACK")
-    assert late_syn.time < early_synack.time, \
+    assert late_syn.time < early_synack.time, (
         f"construction: the second SYN ({late_syn}) came after the first SYN-ACK ({early_synack}); hold {hold1}"
+    )
     assert early_ack.time <= late_ack.time, "construction: the first racer's ACK did not arrive first"
-    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=BACKLOG + 1), \
+    assert net.target.wait_state("LISTEN", sport=PORT, rqueue=BACKLOG + 1), (
         "the accept queue is not full after the first racer's ACK"
-    return Race(ls, queued.getsockname()[1], early, late, early_port, late_port,
-                late_syn, late_synack, late_ack, before, (hold1, hold2))
+    )
+    return Race(
+        ls,
+        queued.getsockname()[1],
+        early,
+        late,
+        early_port,
+        late_port,
+        late_syn,
+        late_synack,
+        late_ack,
+        before,
+        (hold1, hold2),
+    )
 
 
 def check_reset(net, agent, r: Race, record):
     record("holds", "; ".join(map(str, r.holds)))
     # Wire: an RST answers the final ACK that met the full queue, with the SYN-ACK's seq + 1.
-    rst = net.wire.expect(tcp(dport=r.late_port, has="R"), "an RST answering the ACK that met a full queue",
-                          timeout=2.0)
+    rst = net.wire.expect(
+        tcp(dport=r.late_port, has="R"), "an RST answering the ACK that met a full queue", timeout=2.0
+    )
     record("rst", str(rst))
-    assert rst.flags == "R" and rst.seq == (r.late_synack.seq + 1) % 2**32, \
+    assert rst.flags == "R" and rst.seq == (r.late_synack.seq + 1) % 2**32, (
         f"the RST must carry the SYN-ACK's seq + 1 ({r.late_synack.seq + 1}): {rst}"
+    )
     assert rst.time >= r.late_ack.time, "the RST came before the final ACK"
     assert not net.wire.tcp(dport=r.early_port, has="R"), "the connection that fit in the queue was reset"
 
@@ -162,24 +184,29 @@ def check_dropped(net, agent, r: Race, record):
     record("syn_to_synack_retransmit_ms", f"{retrans_ms:.0f}")
     record.key("dropped, SA again", f"{retrans_ms / 1000:.1f}s")
     assert synacks[1].seq == synacks[0].seq, f"the retransmitted SYN-ACK has another seq: {synacks[1]}"
-    net.wire.expect(lambda s: s.proto == "tcp" and s.sport == r.late_port and s.flags == "A"
-                    and s.time > synacks[1].time, "the client's ACK of the retransmitted SYN-ACK")
+    net.wire.expect(
+        lambda s: s.proto == "tcp" and s.sport == r.late_port and s.flags == "A" and s.time > synacks[1].time,
+        "the client's ACK of the retransmitted SYN-ACK",
+    )
     assert not net.wire.tcp(dport=r.late_port, has="R"), "an RST answered the ACK: tcp_abort_on_overflow=0 drops it"
     assert not net.wire.tcp(sport=r.late_port, has="R"), "the client reset the connection"
 
     # Kernel: the client is ESTABLISHED with no error; the server has only the request (not in the queue).
     assert net.peer.wait_state("ESTABLISHED", sport=r.late_port, dport=PORT), "the client is not ESTABLISHED"
     assert r.late.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, "the client has a pending error"
-    assert net.target.wait_state("SYN_RECV", sport=PORT, dport=r.late_port), \
+    assert net.target.wait_state("SYN_RECV", sport=PORT, dport=r.late_port), (
         "the server does not keep the request in SYN_RECV"
-    assert not net.target.sockets("ESTABLISHED", dport=r.late_port), \
+    )
+    assert not net.target.sockets("ESTABLISHED", dport=r.late_port), (
         "the server has an ESTABLISHED socket for the connection whose ACK met a full queue"
+    )
     assert net.target.wait_state("LISTEN", sport=PORT, rqueue=BACKLOG + 1), "the accept queue is not full"
     overflows = net.target.wait_rise(r.before, "TcpExt.ListenOverflows", 2)
     resets = net.target.rise(r.before)["TcpExt.EmbryonicRsts"]
     record("listen_overflows", overflows)
-    assert overflows >= 2, \
+    assert overflows >= 2, (
         f"TcpExt.ListenOverflows rose by {overflows}: both ACKs (first, and after the retransmission) must count"
+    )
     assert resets == 0, f"TcpExt.EmbryonicRsts rose by {resets}"
 
     accept_all(agent, r, record)
@@ -191,7 +218,9 @@ def accept_all(agent, r: Race, record):
     third = agent.accept(r.ls, 0.2)
     record("accepted_ports", ports)
     record("third_accept", third.outcome)
-    assert ports == sorted([r.queued_port, r.early_port]), \
+    assert ports == sorted([r.queued_port, r.early_port]), (
         f"accept() returned ports {ports}, the queued connections are {sorted([r.queued_port, r.early_port])}"
-    assert third.errno == "timeout", \
+    )
+    assert third.errno == "timeout", (
         f"a third accept() must time out (port {r.late_port} never entered the queue), got {third}"
+    )

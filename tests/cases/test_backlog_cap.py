@@ -13,6 +13,7 @@ wire, not for a timer of its own).
 Go's listen takes its backlog from somaxconn (3 here) and the agent then calls
 listen(2) again with the number asked for: the kernel caps that too.
 """
+
 from conformance import queue
 from conformance.capture import tcp
 from conformance.case import PORT
@@ -28,11 +29,9 @@ def test_backlog_somaxconn(net, agent, family, record):
     record("somaxconn", SOMAXCONN)
     record("backlog_asked", BACKLOG)
 
-    listener = net.target.wait_state("LISTEN", sport=PORT)
-    assert listener, "the target has no listening socket"
-    record("backlog_in_force", listener.wqueue)
-    assert listener.wqueue == SOMAXCONN, \
-        f"listen({BACKLOG}) with somaxconn {SOMAXCONN}: the backlog in force (Send-Q) is {listener.wqueue}"
+    listener = queue.listen_took_effect(
+        net, BACKLOG, expected=SOMAXCONN, why=f"somaxconn {SOMAXCONN} caps it", record=record
+    )
 
     # The backlog in force is what queues: SOMAXCONN + 1 connections complete without accept().
     queued, full = queue.fill(net, family, PORT, SOMAXCONN)

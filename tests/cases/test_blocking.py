@@ -17,6 +17,7 @@ sends next for about HOLD (conformance/shaping.py).
   client whose SYN the peer's egress holds back, and returns that connection
   once its final ACK has arrived, its elapsed time covering the wait.
 """
+
 import time
 
 from conformance import shaping
@@ -57,10 +58,12 @@ def test_blocking_connect(net, agent, family, record):
     assert gap_ms >= HOLD * 1000 / 2, f"construction: the SYN-ACK came {gap_ms:.1f} ms after the SYN ({held})"
 
     # API: connect() returned when the SYN-ACK arrived, not before and not much after.
-    assert r.ms >= gap_ms - slack(EARLY_MS), \
+    assert r.ms >= gap_ms - slack(EARLY_MS), (
         f"connect() returned after {r.ms:.1f} ms, before the SYN-ACK arrived ({gap_ms:.1f} ms): it did not block"
-    assert r.ms <= gap_ms + slack(LATE_MS), \
+    )
+    assert r.ms <= gap_ms + slack(LATE_MS), (
         f"connect() returned after {r.ms:.1f} ms, {r.ms - gap_ms:.1f} ms after the SYN-ACK ({gap_ms:.1f} ms)"
+    )
     assert net.target.wait_state("ESTABLISHED", sport=cport, dport=PORT), "the target is not ESTABLISHED"
 
 
@@ -72,12 +75,15 @@ def test_blocking_accept(net, agent, family, record):
     # An empty queue: accept() blocks until its own timeout.
     empty = agent.accept(ls, ACCEPT_TIMEOUT)
     record("empty_accept_ms", f"{empty.ms:.1f}")
-    assert empty.errno == "timeout", \
+    assert empty.errno == "timeout", (
         f"accept() on an empty queue with a {ACCEPT_TIMEOUT * 1000:.0f} ms timeout must time out: {empty}"
-    assert empty.ms >= ACCEPT_TIMEOUT * 1000 - slack(EARLY_MS), \
+    )
+    assert empty.ms >= ACCEPT_TIMEOUT * 1000 - slack(EARLY_MS), (
         f"accept() gave up after {empty.ms:.1f} ms, before its {ACCEPT_TIMEOUT * 1000:.0f} ms timeout: it did not block"
-    assert empty.ms <= ACCEPT_TIMEOUT * 1000 + slack(LATE_MS), \
+    )
+    assert empty.ms <= ACCEPT_TIMEOUT * 1000 + slack(LATE_MS), (
         f"accept() gave up after {empty.ms:.1f} ms, long after its {ACCEPT_TIMEOUT * 1000:.0f} ms timeout"
+    )
     assert not net.wire.tcp(), "TCP segments on the wire while no client connected"
     assert net.target.wait_state("LISTEN", sport=PORT, rqueue=0), "the accept queue is not empty"
 
@@ -93,19 +99,23 @@ def test_blocking_accept(net, agent, family, record):
     replied_at = time.time()
     record("accept_ms", f"{r.ms:.1f}")
     record.key("timeout, then ok", f"{r.ms:.0f}ms")
-    assert r.endpoint == (net.peer.addr(family), cport), \
+    assert r.endpoint == (net.peer.addr(family), cport), (
         f"accept() returned {r.addr}:{r.port}, the client is {net.peer.addr(family)}:{cport}"
+    )
 
     syn = net.wire.expect(tcp(sport=cport, dport=PORT, flags="S"), "the client's SYN")
     synack = net.wire.expect(tcp(sport=PORT, dport=cport, flags="SA", ack=syn.seq + 1), "the SYN-ACK")
     ack = net.wire.expect(tcp(sport=cport, dport=PORT, flags="A", ack=synack.seq + 1), "the client's final ACK")
     waited_ms = (ack.time - sent_at) * 1000  # from sending the command to the connection's completion
     record("completed_after_ms", f"{waited_ms:.1f}")
-    assert waited_ms >= HOLD * 1000 / 2, \
+    assert waited_ms >= HOLD * 1000 / 2, (
         f"construction: the client's ACK came {waited_ms:.1f} ms after accept() ({held})"
+    )
     assert replied_at >= ack.time, "accept() returned before the client's final ACK"
-    assert r.ms >= waited_ms - slack(LATE_MS), \
+    assert r.ms >= waited_ms - slack(LATE_MS), (
         f"accept() took {r.ms:.1f} ms, but the connection completed {waited_ms:.1f} ms after it was called"
-    assert r.ms <= (replied_at - sent_at) * 1000 + slack(REPORT_MS), \
+    )
+    assert r.ms <= (replied_at - sent_at) * 1000 + slack(REPORT_MS), (
         f"accept() reports {r.ms:.1f} ms, longer than the call took"
+    )
     assert net.target.wait_state("LISTEN", sport=PORT, rqueue=0), "the connection is still in the accept queue"

@@ -10,6 +10,7 @@ IPv6 too); the case narrows it to RANGE so that "from the range" is a sharp clai
 For the port 0 case every target binds port 0, listens, then asks getsockname:
 Go binds only when it listens (bind is deferred), so that order works everywhere.
 """
+
 from conformance.capture import tcp
 from conformance.case import PORT, connected
 
@@ -25,7 +26,7 @@ def narrow_range(net, record):
 
 
 def test_ephemeral_range(net, agent, family, record):
-    """connect() without bind() gets a source port from ip_local_port_range: API, SYN and kernel agree."""
+    """connect() without bind() gets a source port from ip_local_port_range: kernel, API and SYN agree."""
     narrow_range(net, record)
     net.peer_listener(family)  # backlog 16: the clients wait there, never accepted
     peer, me = net.peer.addr(family), net.target.addr(family)
@@ -34,42 +35,55 @@ def test_ephemeral_range(net, agent, family, record):
     for n in range(1, CLIENTS + 1):
         s = agent.socket("tcp", family).h
         agent.connect(s, peer, PORT).check(f"client {n}'s connect to the peer's listener")
-        name = agent.getsockname(s)
-        port = name.port
+        # Kernel first: the new connection's source port is the kernel's choice, whatever the agent reports.
+        new = [x for x in net.target.sockets("ESTABLISHED", dport=PORT) if x.sport not in ports]
+        record(f"kernel_client_{n}", " ".join(f"{x.src}:{x.sport}" for x in new) or "none")
+        assert len(new) == 1, (
+            f"client {n}: expected one new ESTABLISHED socket to port {PORT}, the kernel has {len(new)}"
+        )
+        port = new[0].sport
         ports.append(port)
         record("ports", " ".join(map(str, ports)))
-        assert name.addr == me, f"client {n}: getsockname address {name.addr}, expected {me}"
-        assert RANGE[0] <= port <= RANGE[1], \
+        assert new[0].src == me, f"client {n}'s connection is from {new[0].src} in the kernel, expected {me}"
+        assert RANGE[0] <= port <= RANGE[1], (
             f"client {n} got source port {port}, outside ip_local_port_range {RANGE[0]}-{RANGE[1]}"
+        )
+        name = agent.getsockname(s)
+        assert name.endpoint == (me, port), (
+            f"client {n}: getsockname reports {name.addr}:{name.port}, the kernel's socket is {me}:{port}"
+        )
         net.wire.expect(tcp(src=me, dport=PORT, flags="S", sport=port), f"client {n}'s SYN from port {port}")
         syns = net.wire.tcp(src=me, dport=PORT, flags="S")
-        assert {x.sport for x in syns} <= set(ports), \
-            f"a SYN left from a port getsockname never reported: {[str(x) for x in syns]}"
-        assert net.target.wait_state("ESTABLISHED", sport=port, dport=PORT), \
-            f"the kernel has no ESTABLISHED socket from port {port}"
+        assert {x.sport for x in syns} <= set(ports), (
+            f"a SYN left from a port the kernel's table never showed: {[str(x) for x in syns]}"
+        )
 
     record.key("in range", f"{min(ports)}..{max(ports)}")
     assert len(set(ports)) == CLIENTS, f"the {CLIENTS} concurrent clients share ports: {ports}"
     kernel_ports = sorted(x.sport for x in net.target.sockets("ESTABLISHED", dport=PORT))
-    assert kernel_ports == sorted(ports), f"kernel table ports {kernel_ports}, getsockname said {sorted(ports)}"
+    assert kernel_ports == sorted(ports), f"kernel table ports {kernel_ports}, the clients were on {sorted(ports)}"
 
 
 def test_ephemeral_port_zero(net, agent, family, record):
-    """bind() to port 0 lets the kernel choose: getsockname reports it, the kernel listens there."""
+    """bind() to port 0 lets the kernel choose: the kernel listens there, getsockname reports it."""
     narrow_range(net, record)
     server = net.target.addr(family)
     ls = agent.listener(server, 0)
-    name = agent.getsockname(ls)
-    port = name.port
+    # Kernel first: where the listener is, whatever the agent reports.
+    rows = net.target.sockets("LISTEN")
+    record("kernel_listen", " ".join(f"{x.src}:{x.sport}" for x in rows) or "none")
+    assert len(rows) == 1, f"the kernel should show one listener after bind to port 0 and listen(), shows {len(rows)}"
+    assert rows[0].src == server, f"bind() to {server} did not take effect: the kernel's listener is on {rows[0].src}"
+    port = rows[0].sport
     record("port", port)
     record.key("kernel port", str(port))
-    assert name.addr == server, f"getsockname address {name.addr}, expected {server}"
-    assert port != 0, "getsockname reports port 0 after listen(): the kernel's choice is not reported"
-    assert RANGE[0] <= port <= RANGE[1], \
+    assert RANGE[0] <= port <= RANGE[1], (
         f"bind to port 0 gave port {port}, outside ip_local_port_range {RANGE[0]}-{RANGE[1]}"
-
-    rows = net.target.sockets("LISTEN")
-    assert [(x.src, x.sport) for x in rows] == [(server, port)], f"the kernel should listen on {server}:{port} only"
+    )
+    name = agent.getsockname(ls)
+    assert name.endpoint == (server, port), (
+        f"getsockname reports {name.addr}:{name.port}, the kernel's listener is {server}:{port}"
+    )
 
     client = net.peer_connect(family, server, port)
     assert connected(client) == 0, f"a connect to the reported port {port} did not complete"

@@ -17,6 +17,7 @@ queued just before, so its next packet, the ACK, leaves about HOLD seconds later
 FIN meanwhile, both namespaces raise the minimum retransmission timeout
 (net.ipv4.tcp_rto_min_us) to 3 s for these cases.
 """
+
 import socket
 import time
 
@@ -24,7 +25,7 @@ import pytest
 
 from conformance import shaping
 from conformance.capture import tcp
-from conformance.case import peer_recv_outcome
+from conformance.case import assert_fin, peer_recv_outcome, shut_down
 
 HOLD = 0.4  # s: how long the ACK ending FIN_WAIT1 / LAST_ACK is held back
 STATE_WAIT = 3.0  # bound on waiting out a held ACK
@@ -40,7 +41,9 @@ def prepare_holds(net):
     (RFC 1337 assassination, net.ipv4.tcp_rfc1337=0). Applies to sockets made after this.
     """
     for host in (net.target, net.peer):
-        host.sysctl("net.ipv4.tcp_rto_min_us", str(RTO_MIN_US))
+        assert host.sysctl("net.ipv4.tcp_rto_min_us", str(RTO_MIN_US)) == str(RTO_MIN_US), (
+            f"could not set net.ipv4.tcp_rto_min_us={RTO_MIN_US} in the {host.role}'s namespace"
+        )
         shaping.install(host)
 
 
@@ -108,7 +111,8 @@ def test_four_way_close(net, agent, family, side, record):
     # 1. The first closes; the second's ACK of its FIN is held back: the first waits in FIN_WAIT1.
     record("fin_wait1_hold", shaping.hold(net, passive.host, HOLD))
     c.close(first)
-    fin_wait1_seen = seen_in(active, "FIN_WAIT1")
+    fin_wait1_seen = seen_in(active, "FIN_WAIT1")  # looked at first (the state lasts HOLD), judged after the wire
+    assert_fin(net.wire, active, "close()")
     assert fin_wait1_seen, f"the {first}'s close() did not leave it in FIN_WAIT1 (its FIN awaiting the {second}'s ACK)"
     assert passive.wait_state("CLOSE_WAIT"), f"the {second} did not enter CLOSE_WAIT on the {first}'s FIN"
     got = recv_outcome(c, second)
@@ -117,21 +121,25 @@ def test_four_way_close(net, agent, family, side, record):
     assert active.wait_state("FIN_WAIT2", STATE_WAIT), f"the {first} did not move to FIN_WAIT2 when its FIN was acked"
     fin_first, ack_second = net.wire.expect_fin_acked(active, STATE_WAIT)
     record("fin_wait1_held_ms", ms(ack_second.time - fin_first.time))
-    assert ack_second.time > fin_wait1_seen, \
+    assert ack_second.time > fin_wait1_seen, (
         f"FIN_WAIT1 was seen after the {second}'s ACK reached the wire: not the held state"
+    )
 
     # 2. The second closes; the first's ACK of its FIN is held back: the second waits in LAST_ACK.
     record("last_ack_hold", shaping.hold(net, active.host, HOLD))
     c.close(second)
-    last_ack_seen = seen_in(passive, "LAST_ACK")
-    assert last_ack_seen, \
+    last_ack_seen = seen_in(passive, "LAST_ACK")  # looked at first (the state lasts HOLD), judged after the wire
+    assert_fin(net.wire, passive, "close()")
+    assert last_ack_seen, (
         f"the {second}'s close() in CLOSE_WAIT did not leave it in LAST_ACK (its FIN awaiting the {first}'s ACK)"
+    )
     assert active.wait_state("TIME_WAIT"), f"the {first}, which closed first, is not in TIME_WAIT"
     assert passive.wait_gone(STATE_WAIT), f"the {second}'s socket did not close when the {first} acked its FIN"
     fin_second, ack_first = net.wire.expect_fin_acked(passive, STATE_WAIT)
     record("last_ack_held_ms", ms(ack_first.time - fin_second.time))
-    assert ack_first.time > last_ack_seen, \
+    assert ack_first.time > last_ack_seen, (
         f"LAST_ACK was seen after the {first}'s ACK reached the wire: not the held state"
+    )
 
     assert fin_first.time < fin_second.time, f"the {first}'s FIN must come first"
     assert active.wait_state("TIME_WAIT"), f"the {first} left TIME_WAIT (it lasts 60 s)"
@@ -147,30 +155,45 @@ def half_close(net, c, closer: str, data: bytes, record):
     other = "peer" if closer == "target" else "target"
     closing, sending = c.end(closer), c.end(other)
 
+    # shutdown(SHUT_WR) took effect, and only that: a FIN on the wire (no RST), and the kernel shows the
+    # socket shut down for sending only, before anything depends on it.
     shutdown_wr(c, closer)
+    assert_fin(net.wire, closing, "shutdown(SHUT_WR)")
+    shut = shut_down(closing)
+    record(f"{closer}_shut_down", shut)
+    assert shut == "wr", f"the {closer}'s shutdown(SHUT_WR) " + {
+        "rdwr": "shut down reading too: the kernel shows its socket shut down for rd and wr, not wr only",
+        "closed": "closed the socket: the kernel's socket for it has no file any more (an orphan)",
+        None: "closed the socket: the kernel has no socket for it any more",
+    }.get(shut, f"did not shut down sending only: the kernel shows its socket shut down {shut!r}")
     fin, _ = net.wire.expect_fin_acked(closing, STATE_WAIT)
     assert closing.wait_state("FIN_WAIT2"), f"the half-closed {closer} is not in FIN_WAIT2"
     assert sending.wait_state("CLOSE_WAIT"), f"the {other} did not enter CLOSE_WAIT on the {closer}'s FIN"
     got = recv_outcome(c, other)
     record(f"{other}_recv_after_fin", got)
-    assert got == "EOF", \
+    assert got == "EOF", (
         f"the {other}'s recv() after the {closer}'s shutdown(SHUT_WR) must return 0 (end of file), got {got}"
+    )
 
     # End of file closes one direction only: the other side's data still reaches the half-closed side.
     send(c, other, data)
-    sent = net.wire.expect(tcp(src=sending.addr, **sending.match, has="P"),
-                           f"the {other}'s data after the {closer}'s FIN")
+    sent = net.wire.expect(
+        tcp(src=sending.addr, **sending.match, has="P"), f"the {other}'s data after the {closer}'s FIN"
+    )
     got = recv_outcome(c, closer)
     record(f"{closer}_read_after_half_close", got)
     assert got == f"read {data!r}", f"the half-closed {closer} must still read the {other}'s data ({data!r}), got {got}"
-    net.wire.expect(tcp(src=closing.addr, **closing.match, has="A", ack=sent.seq + sent.length),
-                    f"the {closer}'s ACK of the data it read after its FIN")
+    net.wire.expect(
+        tcp(src=closing.addr, **closing.match, has="A", ack=sent.seq + sent.length),
+        f"the {closer}'s ACK of the data it read after its FIN",
+    )
     assert sent.time > fin.time, f"the {other}'s data must follow the {closer}'s FIN"
     assert closing.wait_state("FIN_WAIT2"), f"the half-closed {closer} left FIN_WAIT2 while the {other} sent"
     assert not net.wire.tcp(has="R"), "an RST was sent: data after a half-close must be accepted"
 
     # Then the other side closes too: the closer reads end of file and ends in TIME_WAIT (it sent the first FIN).
     c.close(other)
+    assert_fin(net.wire, sending, "close()")
     got = recv_outcome(c, closer)
     record(f"{closer}_recv_after_close", got)
     assert got == "EOF", f"after the {other}'s FIN the {closer}'s recv() must return 0 (end of file), got {got}"

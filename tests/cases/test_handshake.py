@@ -4,6 +4,7 @@ Seeds 000 and 001 (docs/seeds.md): a client connects to a listener that never ca
 both ends are ESTABLISHED, the data the client sends waits in the server-side
 socket's receive queue, and accept() later just hands over that connection.
 """
+
 from conformance import queue
 from conformance.capture import tcp
 from conformance.case import PORT
@@ -21,16 +22,18 @@ def test_handshake(net, agent, family, record):
     syn = net.wire.expect(tcp(sport=cport, flags="S"), "the client's SYN")
     synack = net.wire.expect(tcp(dport=cport, flags="SA", ack=syn.seq + 1), "a SYN-ACK acking the SYN's seq + 1")
     record("syn_to_synack_ms", f"{(synack.time - syn.time) * 1000:.3f}")
-    net.wire.expect(tcp(sport=cport, flags="A", seq=syn.seq + 1, ack=synack.seq + 1),
-                    "the client's ACK of the SYN-ACK's seq + 1")
+    net.wire.expect(
+        tcp(sport=cport, flags="A", seq=syn.seq + 1, ack=synack.seq + 1), "the client's ACK of the SYN-ACK's seq + 1"
+    )
 
     # Kernel, before any accept(): the connection is ESTABLISHED and waits in the accept queue.
     listener = net.target.wait_state("LISTEN", sport=PORT)
     assert listener is not None, "the target has no listening socket"
     record("accept_queue_before_accept", listener.rqueue)
     assert listener.rqueue == 1, f"accept queue holds {listener.rqueue} connections before accept(), expected 1"
-    assert net.target.wait_state("ESTABLISHED", sport=PORT, dport=cport), \
+    assert net.target.wait_state("ESTABLISHED", sport=PORT, dport=cport), (
         "no ESTABLISHED server-side socket before accept()"
+    )
     assert net.peer.wait_state("ESTABLISHED", sport=cport, dport=PORT), "the client is not ESTABLISHED"
 
     # Data sent before accept() waits in the not-yet-accepted socket's receive queue.
@@ -43,8 +46,9 @@ def test_handshake(net, agent, family, record):
 
     # accept() hands over that very connection, with the client's address and ephemeral port.
     accepted = agent.accept(ls).check("accept the queued connection")
-    assert accepted.endpoint == (client_addr, cport), \
+    assert accepted.endpoint == (client_addr, cport), (
         f"accept() returned {accepted.addr}:{accepted.port}, the client is {client_addr}:{cport}"
+    )
     got = agent.recv(accepted.h, 1024)
     assert got.data == PAYLOAD, f"read {got.data!r} after accept(), sent {PAYLOAD!r}"
     assert net.target.wait_state("LISTEN", sport=PORT, rqueue=0), "the accept queue is not empty after accept()"

@@ -11,6 +11,7 @@ The value differs by design: it is the matrix key, so two runs (a runtime upgrad
 kernel) are compared on it; the case checks that the listener listens with a backlog the
 kernel accepted (at least 1, at most somaxconn).
 """
+
 from conformance.case import PORT
 
 

@@ -13,6 +13,7 @@ Go has no separate bind step (the agent defers it to listen/connect): a Go handl
 that was only bound is no OS socket at all, so the Go agent answers `unsupported`
 to getsockname and accept on it and the case is skipped for Go, with that reason.
 """
+
 from packaging.version import Version
 
 from conformance.capture import tcp
@@ -41,8 +42,9 @@ def check_bound_only(net, agent, s, family, server, record):
     if Version(kernel_version()) >= BOUND_DUMP_KERNEL:
         rows = [(r.state, r.src, r.sport) for r in net.target.sockets("CLOSE", family=family, bound=True, sport=PORT)]
         record("kernel_bound", ", ".join(f"{state} {src}:{sport}" for state, src, sport in rows) or "none")
-        assert rows == [("CLOSE", server, PORT)], \
+        assert rows == [("CLOSE", server, PORT)], (
             f"the kernel should show one bound socket in CLOSE at {server}:{PORT}, shows {rows}"
+        )
     else:
         record("kernel_bound", f"not dumped before Linux {BOUND_DUMP_KERNEL}")
 
@@ -51,6 +53,10 @@ def test_listen_accept_einval(net, agent, family, record):
     """accept() on a bound socket that is not listening fails at once with EINVAL; after listen() it works."""
     server = net.target.addr(family)
     s = bind_only(agent, family, server, record)
+    # Kernel, before accept() is judged: bind() alone did not make the socket listen.
+    assert not net.target.sockets("LISTEN", sport=PORT), (
+        f"the socket that was only bound is LISTEN in the kernel table: bind() to port {PORT} listened"
+    )
 
     r = agent.accept(s, 1.0)
     if r.outcome == "unsupported":
@@ -58,10 +64,13 @@ def test_listen_accept_einval(net, agent, family, record):
     record("errno", r.errno)
     record("accept_ms", f"{r.ms:.3f}")
     record.key(r.errno, f"{r.ms:.2f}ms")
+    assert not net.target.sockets("LISTEN", sport=PORT), (
+        f"accept() on the socket that was only bound made it listen (the kernel shows it LISTEN), then gave {r}"
+    )
     assert r.errno == "EINVAL", f"expected err EINVAL from accept() on a socket that is not listening, got {r}"
-    assert r.ms < slack(AT_ONCE_MS), \
+    assert r.ms < slack(AT_ONCE_MS), (
         f"accept() on a non-listening socket took {r.ms:.0f} ms: it waited instead of failing"
-    assert not net.target.sockets("LISTEN", sport=PORT), "the failed accept() left a LISTEN socket behind"
+    )
     assert not net.wire.tcp(), f"the failed accept() put something on the wire: {net.wire.summary()}"
     check_bound_only(net, agent, s, family, server, record)  # still bound, still not listening
 
@@ -91,8 +100,9 @@ def test_listen_bound_refused(net, agent, family, record):
     rst = net.wire.expect(tcp(sport=PORT, dport=cport, has="R"), "an RST answering the SYN")
     record("rst", str(rst))
     record.key("RST, no LISTEN")
-    assert rst.flags == "RA" and rst.ack == (syn.seq + 1) % 2**32, \
+    assert rst.flags == "RA" and rst.ack == (syn.seq + 1) % 2**32, (
         f"the RST must ack the SYN (flags RA, ack {syn.seq + 1}): {rst}"
+    )
     assert not net.wire.tcp(sport=PORT, has="S"), "the bound, non-listening port answered with a SYN-ACK"
     assert not net.target.sockets("LISTEN", sport=PORT), "the target shows a LISTEN socket on the port"
     assert not net.target.sockets(sport=PORT, dport=cport), "the refused connection left a socket on the target"

@@ -6,6 +6,7 @@ dropped silently (no RST, no SYN-ACK): the client stays in SYN_SENT and
 retransmits, and ListenOverflows counts the drop. Once the target accepts one
 connection, the client's next SYN retransmission completes the handshake.
 """
+
 import time
 
 from conformance import queue
@@ -19,6 +20,8 @@ LATE_COMPLETION = 5.0  # s: bound on the late connect completing after accept() 
 def test_queue_full(net, agent, family, record):
     ls = agent.listener(net.target.addr(family), PORT, backlog=BACKLOG)
     record("backlog", BACKLOG)
+    # Kernel: listen(1) took effect (the listener's Send-Q): everything below depends on it.
+    queue.listen_took_effect(net, BACKLOG, record=record)
 
     # Fill the queue: backlog + 1 connections complete without accept().
     _, listener = queue.fill(net, family, PORT, BACKLOG)
@@ -44,5 +47,6 @@ def test_queue_full(net, agent, family, record):
     record("connect_delay_ms", f"{total * 1000:.0f}")
     record.key(f"q={listener.rqueue} delayed", f"+{total:.1f}s")
     assert synack.ack == (answered.seq + 1) % 2**32, "the SYN-ACK does not ack the late client's SYN"
-    assert answered.time >= accept_started and all(s.time <= accept_done for s in dropped), \
+    assert answered.time >= accept_started and all(s.time <= accept_done for s in dropped), (
         "the late connect must complete at the first SYN retransmission after accept()"
+    )

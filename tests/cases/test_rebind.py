@@ -16,26 +16,31 @@ The languages differ in their default: Go sets SO_REUSEADDR on every listener, a
 Python socket and C do not. The default is read back (getsockopt on a fresh listener)
 and recorded; the portable expectation without options is EADDRINUSE.
 """
+
 import errno
 
 import pytest
 
 from conformance.capture import tcp
-from conformance.case import PORT, connected
+from conformance.case import PORT, End, assert_fin, connected
 
 # SO_REUSEADDR on (the old listener, the new socket); None: left to the language's default
 REUSEADDR = {"default": (None, None), "reuseaddr": (1, 1), "new_only": (0, 1), "old_only": (1, 0)}
 
 
-def server_time_wait(net, agent, family, reuse=None):
+def server_time_wait(net, agent, family, record, reuse=None):
     """A listener on PORT (SO_REUSEADDR set to `reuse` unless None), one connection, the server closes first.
 
-    Returns (the listener's SO_REUSEADDR as read back after listen, the client's port).
-    Leaves the target with a TIME_WAIT on PORT and nothing listening there.
+    Returns (the listener's SO_REUSEADDR as read back after listen, the client's port); a `reuse` that
+    does not read back fails here, before anything depends on it. Leaves the target with a TIME_WAIT
+    on PORT and nothing listening there.
     """
     addr = net.target.addr(family)
     ls = agent.listener(addr, PORT, reuseaddr=reuse)
     value = agent.getsockopt(ls, "reuseaddr").value
+    record("reuseaddr_default" if reuse is None else "reuseaddr_old", value)
+    if reuse is not None:
+        assert value == str(reuse), f"SO_REUSEADDR set to {reuse} on the old listener reads back {value}"
 
     client = net.peer_connect(family, addr, PORT)
     assert connected(client) == 0, "the peer could not connect to the target's listener"
@@ -43,6 +48,7 @@ def server_time_wait(net, agent, family, reuse=None):
     conn = agent.accept(ls).h
     agent.close(ls).check("close the old listener")
     agent.close(conn).check("the server's close()")  # the server closes first...
+    assert_fin(net.wire, End("target", net.target, addr, PORT, cport), "close()")
     assert net.peer.wait_state("CLOSE_WAIT", sport=cport, dport=PORT), "the peer did not get the server's FIN"
     client.close()  # ...then the client
 
@@ -55,25 +61,35 @@ def server_time_wait(net, agent, family, reuse=None):
     return value, cport
 
 
-def listen_again(agent, family, addr, reuse=None):
+def listen_again(agent, family, addr, record, reuse=None):
     """socket, [setsockopt reuseaddr], bind, listen on PORT.
 
-    Returns (step, reply, handle): the first step that failed and its reply, or listen's.
+    Returns (step, reply, handle): the first step that failed and its reply, or listen's. A `reuse`
+    that does not read back, before bind() (where it counts) or after the last step (a runtime may
+    set its own), fails here, before the outcome is judged.
     """
     s = agent.socket("tcp", family).h
     if reuse is not None:
         agent.setsockopt(s, "reuseaddr", reuse).check("set SO_REUSEADDR on the new socket")
+        value = agent.getsockopt(s, "reuseaddr").value
+        record("reuseaddr_new_before_bind", value)
+        assert value == str(reuse), f"SO_REUSEADDR set to {reuse} on the new socket reads back {value} before bind()"
     r = agent.bind(s, addr, PORT)
     if r.status == "unsupported":
         r.check()
-    if not r.ok:
-        return "bind", r, s
-    return "listen", agent.listen(s, 4), s
+    step, r = ("bind", r) if not r.ok else ("listen", agent.listen(s, 4))
+    if reuse is not None:
+        value = agent.getsockopt(s, "reuseaddr").value
+        record("reuseaddr_new_after", value)
+        assert value == str(reuse), f"SO_REUSEADDR set to {reuse} on the new socket reads back {value} after {step}()"
+    return step, r, s
 
 
-def assert_in_use(net, family, cport, step, r):
-    assert r.errno == "EADDRINUSE", \
-        f"listening again on port {PORT} held by TIME_WAIT must fail with EADDRINUSE (at bind or listen): {step}: {r}"
+def assert_in_use(net, family, cport, step, r, note=""):
+    assert r.errno == "EADDRINUSE", (
+        f"listening again on port {PORT} held by TIME_WAIT must fail with EADDRINUSE (at bind or listen){note}: "
+        f"{step}: {r}"
+    )
     assert net.target.wait_state("TIME_WAIT", sport=PORT, dport=cport), "the TIME_WAIT is gone"
     assert not net.target.sockets("LISTEN", sport=PORT), "a listener exists on the port after the failure"
     # Nothing listens: a new SYN to the port is refused.
@@ -100,16 +116,14 @@ def test_rebind_time_wait(net, agent, family, variant, record):
     """The server closes first, its port held by a TIME_WAIT; a new listener on the port with SO_REUSEADDR as the
     variant sets it: EADDRINUSE unless both sockets set it (portable result without options: EADDRINUSE)."""
     old, new = REUSEADDR[variant]
-    old_value, cport = server_time_wait(net, agent, family, old)
-    step, r, s = listen_again(agent, family, net.target.addr(family), new)
-    record("reuseaddr_default" if old is None else "reuseaddr_old", old_value)
+    old_value, cport = server_time_wait(net, agent, family, record, old)
+    step, r, s = listen_again(agent, family, net.target.addr(family), record, new)
     record("rebind_step", step)
     record("rebind_result", r.outcome)
     record.key(f"{r.outcome}@{step}" + (f" ra={old_value}" if old is None else ""))
 
-    if old is not None:
-        assert old_value == str(old), f"SO_REUSEADDR set to {old} on the old listener reads back {old_value}"
     if old == new == 1:
         assert_listening_again(net, agent, family, cport, step, r, s)
     else:
-        assert_in_use(net, family, cport, step, r)
+        note = f" (the old listener's SO_REUSEADDR, left to the default, reads back {old_value})" if old is None else ""
+        assert_in_use(net, family, cport, step, r, note)

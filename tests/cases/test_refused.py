@@ -6,6 +6,7 @@ The refusal is immediate (one round trip on the link), and it is final: one SYN,
 no retransmission and no second connect after the RST (a runtime that retries a
 refused connect on a new socket reports the second attempt's result).
 """
+
 from conformance.capture import tcp
 from conformance.case import CLOSED_PORT
 from conformance.timing import slack
@@ -32,14 +33,17 @@ def test_refused(net, agent, family, record):
     record.key(r.errno, f"{r.ms:.2f}ms")
 
     assert r.errno == "ECONNREFUSED", f"expected err ECONNREFUSED, got {r}"
-    assert rst.flags == "RA" and rst.ack == (syn.seq + 1) % 2**32, \
+    assert rst.flags == "RA" and rst.ack == (syn.seq + 1) % 2**32, (
         f"the RST must ack the SYN (flags RA, ack {syn.seq + 1}): {rst}"
-    assert not [x for x in net.wire.segments() if x.proto.startswith("icmp") and x.icmp_type in (1, 3)], \
+    )
+    assert not [x for x in net.wire.segments() if x.proto.startswith("icmp") and x.icmp_type in (1, 3)], (
         "an ICMP unreachable was seen: the refusal must come from an RST"
+    )
     assert len(syns) == 1, again(syn, syns[1:], rst)
-    assert r.ms <= slack(REFUSAL_MS), \
-        f"connect() took {r.ms:.1f} ms to report the refusal; the RST came {(rst.time - syn.time) * 1000:.2f} ms " \
+    assert r.ms <= slack(REFUSAL_MS), (
+        f"connect() took {r.ms:.1f} ms to report the refusal; the RST came {(rst.time - syn.time) * 1000:.2f} ms "
         f"after the SYN, and a refusal must be reported within {slack(REFUSAL_MS):.0f} ms"
+    )
 
 
 def again(first, later, rst) -> str:
@@ -52,6 +56,8 @@ def again(first, later, rst) -> str:
     elif second.sport == first.sport:
         what = f"connect() was retried from the same source port {first.sport} with a new seq {when}"
     else:
-        what = (f"connect() was retried: a new connect from another source port ({second.sport}; the first "
-                f"from {first.sport}) {when}")
+        what = (
+            f"connect() was retried: a new connect from another source port ({second.sport}; the first "
+            f"from {first.sport}) {when}"
+        )
     return f"{what}{more}: a refused connect must fail at the first RST"

@@ -17,11 +17,12 @@ sends data, and the target's kernel, which has no socket for it, answers with an
 whose sequence number is the data segment's acknowledgment number (RFC 793 "Reset
 Generation").
 """
+
 import time
 
 from conformance import shaping
 from conformance.capture import tcp
-from conformance.case import abort, peer_recv_outcome
+from conformance.case import abort, how_ended, peer_recv_outcome
 
 DATA = b"data the target never reads"
 LATE = b"data for a connection that is gone"
@@ -45,6 +46,28 @@ def target_reset(net, c, before: dict, what: str, record):
     return rst, got, up
 
 
+def linger_zero(agent, c, record):
+    """SO_LINGER {1, 0} on the target's connection, read back (nothing else shows it) before the close."""
+    agent.setsockopt(c.handle, "linger", 1, 0).check("set SO_LINGER {1, 0}")
+    linger = agent.getsockopt(c.handle, "linger").value
+    record("linger", linger)
+    assert linger == "1,0", f"SO_LINGER set to {{1, 0}} reads back {linger}"
+
+
+def closed_with_rst(net, c, why: str, record):
+    """The first thing after the target's aborting close(): it ended the connection with an RST, not a FIN."""
+    how = how_ended(net.wire, c.target)
+    record("close_sent", how)
+    assert how == "RST", (
+        f"the target's close() {why} "
+        + {
+            "FIN": "sent a FIN, not an RST",
+            "FIN, then RST": "sent a FIN before its RST: it did not abort",
+            "nothing": "sent nothing: no RST (and no FIN) from it on the wire",
+        }[how]
+    )
+
+
 def no_trace(c):
     """Neither side keeps a socket for the connection, TIME_WAIT or otherwise."""
     assert not c.target.sockets(), "the target still has the connection"
@@ -56,15 +79,13 @@ def no_trace(c):
 def test_rst_linger_zero(net, agent, family, record):
     """SO_LINGER {1, 0} then close(): an RST, not a FIN; the peer's recv() fails with ECONNRESET."""
     c = net.target_client(agent, family)
-    agent.setsockopt(c.handle, "linger", 1, 0).check("set SO_LINGER {1, 0}")
-    linger = agent.getsockopt(c.handle, "linger").value
-    record("linger", linger)
     record.key("RST peer ECONNRESET")
-    assert linger == "1,0", f"SO_LINGER set to {{1, 0}} reads back {linger}"
+    linger_zero(agent, c, record)
     last = net.wire.expect(tcp(**c.target.match, flags="A"), "the target's ACK ending the handshake")
     before = net.target.counters(*COUNTERS)
 
     c.close("target")
+    closed_with_rst(net, c, "with SO_LINGER {1, 0}", record)
     rst, got, up = target_reset(net, c, before, "an RST from the target at close()", record)
     assert not net.wire.tcp(**c.target.match, has="F"), "the target sent a FIN: a zero linger close must abort"
     assert rst.seq == last.seq, f"the RST must carry the connection's next sequence number {last.seq}: {rst}"
@@ -101,11 +122,14 @@ def test_rst_unread_data(net, agent, family, record):
     before = net.target.counters(*COUNTERS)
 
     c.close("target")
+    closed_with_rst(net, c, f"with {unread.rqueue} bytes unread", record)
     rst, got, up = target_reset(net, c, before, "an RST from the target at close()", record)
-    assert not net.wire.tcp(**c.target.match, has="F"), \
+    assert not net.wire.tcp(**c.target.match, has="F"), (
         "the target sent a FIN: close() with unread data must abort the connection"
-    assert rst.has("A") and rst.ack == (data.seq + len(DATA)) % 2**32, \
+    )
+    assert rst.has("A") and rst.ack == (data.seq + len(DATA)) % 2**32, (
         f"the RST must acknowledge the data that was received and tossed (ack {data.seq + len(DATA)}): {rst}"
+    )
     assert got == "ECONNRESET", f"the peer's recv() after the RST must fail with ECONNRESET, got {got}"
     no_trace(c)
     assert up["TcpExt.TCPAbortOnClose"] == 1, f"TcpExt.TCPAbortOnClose (unread data tossed) must rise by 1: {up}"
@@ -115,8 +139,8 @@ def test_rst_unread_data(net, agent, family, record):
 def test_rst_no_connection(net, agent, family, record):
     """A segment for a connection the target no longer has is answered with an RST (seq = the segment's ack)."""
     c = net.target_client(agent, family)
-    agent.setsockopt(c.handle, "linger", 1, 0).check("set SO_LINGER {1, 0}")
     record.key("RST seq=ack")
+    linger_zero(agent, c, record)
 
     # The target aborts; its RST never reaches the peer.
     shaping.install(net.target, burst=DROP_BURST)
@@ -131,8 +155,9 @@ def test_rst_no_connection(net, agent, family, record):
     record("dropped_at_abort", dropped)
     assert at_abort["Tcp.OutRsts"] == 1, "the target's kernel sent no RST at the aborting close()"
     assert dropped >= 1, "the abort's RST was not dropped on the target's egress"
-    assert not [x for x in net.wire.tcp(sport=c.target.port) if x.time >= abort_at], \
+    assert not [x for x in net.wire.tcp(sport=c.target.port) if x.time >= abort_at], (
         "a segment from the target reached the peer after the abort"
+    )
     assert not c.target.sockets(), "the target still has a socket for the aborted connection"
     assert c.peer.wait_state("ESTABLISHED"), "the peer must still believe the connection is open"
 
@@ -140,8 +165,9 @@ def test_rst_no_connection(net, agent, family, record):
     c.sock.sendall(LATE)
     data = net.wire.expect(tcp(**c.peer.match, has="P"), "the peer's data")
     rst, got, up = target_reset(net, c, aborted, "an RST answering the data", record)
-    assert rst.flags == "R" and rst.seq == data.ack, \
+    assert rst.flags == "R" and rst.seq == data.ack, (
         f"an RST for an unknown connection takes its seq from the segment's ack ({data.ack}), without ACK: {rst}"
+    )
     assert got == "ECONNRESET", f"the peer's recv() after the RST must fail with ECONNRESET, got {got}"
     assert up["Tcp.OutRsts"] == 1, f"Tcp.OutRsts must rise by 1 for the answer: {up}"
     no_trace(c)

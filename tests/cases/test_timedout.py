@@ -11,6 +11,7 @@ take effect (a target that ignores it, or sets another count, sends a SYN too
 many), and the error must be the kernel's ETIMEDOUT at the schedule's give-up
 time, not a timeout of the agent's own.
 """
+
 import time
 
 from conformance.capture import tcp
@@ -54,20 +55,25 @@ def watch_syns(net, dead: str, plan, what: str) -> list:
         syns = net.wire.tcp(dst=dead, dport=DEAD_PORT, flags="S")
         if len(syns) > plan.syns:
             extra = syns[plan.syns]
-            raise AssertionError(f"{what} did not take effect: a {ordinal(plan.syns + 1)} SYN at "
-                                 f"{extra.time - first.time:.1f} s; {describe(plan)}")
+            raise AssertionError(
+                f"{what} did not take effect: a {ordinal(plan.syns + 1)} SYN at "
+                f"{extra.time - first.time:.1f} s; {describe(plan)}"
+            )
         if not net.target.sockets("SYN_SENT", dst=dead, dport=DEAD_PORT):
             return syns
         if time.time() > deadline:
-            raise AssertionError(f"{what} did not take effect: connect() still waits in SYN_SENT "
-                                 f"{time.time() - first.time:.1f} s after the first SYN ({len(syns)} SYN(s) "
-                                 f"so far); {describe(plan)}")
+            raise AssertionError(
+                f"{what} did not take effect: connect() still waits in SYN_SENT "
+                f"{time.time() - first.time:.1f} s after the first SYN ({len(syns)} SYN(s) "
+                f"so far); {describe(plan)}"
+            )
         time.sleep(POLL * 2)
 
 
 def describe(plan) -> str:
-    return (f"this kernel (tcp_syn_linear_timeouts={plan.linear}) sends {plan.syns} SYNs and gives up at "
-            f"{plan.give_up:g} s")
+    return (
+        f"this kernel (tcp_syn_linear_timeouts={plan.linear}) sends {plan.syns} SYNs and gives up at {plan.give_up:g} s"
+    )
 
 
 def test_timedout(net, agent, family, record):
@@ -75,8 +81,10 @@ def test_timedout(net, agent, family, record):
     plan = syn_schedule(SYNCNT, linear_timeouts(net.target))
     what = f"TCP_SYNCNT={SYNCNT}"
     record("tcp_syn_linear_timeouts", plan.linear)
-    record("expected", f"{plan.syns} SYNs at {', '.join(f'{t:g}' for t in plan.syn_times)} s, "
-                       f"ETIMEDOUT at {plan.give_up:g} s")
+    record(
+        "expected",
+        f"{plan.syns} SYNs at {', '.join(f'{t:g}' for t in plan.syn_times)} s, ETIMEDOUT at {plan.give_up:g} s",
+    )
     s = agent.socket("tcp", family).h
     agent.setsockopt(s, "syncnt", SYNCNT).check("allow one SYN retransmission only")
     got = agent.getsockopt(s, "syncnt")  # extra evidence where the language can read it back
@@ -102,13 +110,15 @@ def test_timedout(net, agent, family, record):
     assert len(syns) == plan.syns, f"{what}: saw {len(syns)} SYN(s) at {listed(times)} s; {describe(plan)}"
     assert len({x.seq for x in syns}) == 1, "the retransmitted SYNs must carry the same sequence number"
     for n, (seen, due) in enumerate(zip(times, plan.syn_times, strict=True), 1):
-        assert abs(seen - due) <= tolerance(due), \
-            f"{what}: the {ordinal(n)} SYN went out at {seen:.3f} s, the schedule has it at {due:g} s " \
+        assert abs(seen - due) <= tolerance(due), (
+            f"{what}: the {ordinal(n)} SYN went out at {seen:.3f} s, the schedule has it at {due:g} s "
             f"(± {tolerance(due):.2f} s); {describe(plan)}"
+        )
     gave_up = r.ms / 1000
-    assert abs(gave_up - plan.give_up) <= tolerance(plan.give_up), \
-        f"{what}: connect() gave up after {gave_up:.3f} s, the schedule says {plan.give_up:g} s " \
+    assert abs(gave_up - plan.give_up) <= tolerance(plan.give_up), (
+        f"{what}: connect() gave up after {gave_up:.3f} s, the schedule says {plan.give_up:g} s "
         f"(± {tolerance(plan.give_up):.2f} s); {describe(plan)}"
+    )
     assert not net.wire.tcp(src=dead), "something answered the dead address"
 
 

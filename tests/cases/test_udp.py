@@ -9,6 +9,7 @@ on a connected UDP socket reaches a port with no socket, the peer's kernel answe
 an ICMP port unreachable (IPv4 type 3 code 3, IPv6 type 1 code 4), not an RST, and the
 kernel reports it to the connected socket: the next send or recv fails with ECONNREFUSED.
 """
+
 import socket
 
 from conformance.case import CLOSED_PORT
@@ -44,12 +45,14 @@ def test_udp_no_handshake(net, agent, family, record):
     record("sender", f"{got.addr}:{got.port}")
     record.key(f"recv {got.n}B, no TCP")
     assert got.data == GREETING, f"recv() on the bound UDP socket must return the datagram: {got}"
-    assert got.endpoint == (net.peer.addr(family), sport), \
+    assert got.endpoint == (net.peer.addr(family), sport), (
         f"recv() must give the sender's address {net.peer.addr(family)}:{sport}: {got}"
+    )
     assert dgram.length == len(GREETING) and dgram.sport == sport, f"not the datagram sent: {dgram}"
     assert not net.wire.tcp(), "TCP segments on the wire: UDP has no handshake"
-    others = [x for x in net.wire.segments()
-              if x.proto in ("udp", "icmp") or (x.proto == "icmp6" and x.icmp_type < 128)]
+    others = [
+        x for x in net.wire.segments() if x.proto in ("udp", "icmp") or (x.proto == "icmp6" and x.icmp_type < 128)
+    ]
     assert others == [dgram], f"the datagram must be alone on the wire (no answer, no ICMP error): {others}"
     up = net.target.rise(before)
     assert up[IN_DATAGRAMS[family]] == 1, f"the target's kernel must count one datagram delivered: {up}"
@@ -61,26 +64,32 @@ def test_udp_refused(net, agent, family, record):
     u = agent.socket("udp", family).h
     conn = agent.connect(u, peer, CLOSED_PORT, 2.0).check("connect() the UDP socket to the peer's closed port")
     record("connect_ms", f"{conn.ms:.3f}")
-    assert not [x for x in net.wire.segments() if x.proto in ("tcp", "udp")], \
+    assert not [x for x in net.wire.segments() if x.proto in ("tcp", "udp")], (
         "connect() on a UDP socket must send nothing"
+    )
     name = agent.getsockname(u)
     lport = name.port
     record("local_port", lport)
     assert lport != 0, f"connect() on the UDP socket did not bind it: getsockname gives port 0 ({name})"
     connected = net.target.sockets(proto="udp", sport=lport, dst=peer, dport=CLOSED_PORT)
     record("udp_socket", " ".join(x.state for x in connected) or "(none)")
-    assert [x for x in connected if x.state == "ESTABLISHED"], \
-        f"connect() on the UDP socket did not connect it: the kernel's UDP table has no socket on port {lport} " \
+    assert [x for x in connected if x.state == "ESTABLISHED"], (
+        f"connect() on the UDP socket did not connect it: the kernel's UDP table has no socket on port {lport} "
         f"connected to {peer} port {CLOSED_PORT}:\n{net.target.table()}"
+    )
     before_target, before_peer = net.target.counters(IN_UNREACH[family]), net.peer.counters(NO_PORTS[family])
 
     sent = agent.send(u, PROBE).check("the first send() on the connected UDP socket: nothing has refused it yet")
     assert sent.n == len(PROBE), f"the first send() on the connected UDP socket must send the whole datagram: {sent}"
-    dgram = net.wire.expect(lambda x: x.proto == "udp" and x.sport == lport and x.dport == CLOSED_PORT,
-                            "the target's datagram to the closed port")
+    dgram = net.wire.expect(
+        lambda x: x.proto == "udp" and x.sport == lport and x.dport == CLOSED_PORT,
+        "the target's datagram to the closed port",
+    )
     proto, kind, code = PORT_UNREACHABLE[family]
-    icmp = net.wire.expect(lambda x: x.proto == proto and x.icmp_type == kind and x.src == peer,
-                           f"an {proto} port unreachable (type {kind} code {code}) from the peer")
+    icmp = net.wire.expect(
+        lambda x: x.proto == proto and x.icmp_type == kind and x.src == peer,
+        f"an {proto} port unreachable (type {kind} code {code}) from the peer",
+    )
     record("icmp", str(icmp))
     assert icmp.icmp_code == code, f"the ICMP error must be port unreachable (type {kind} code {code}): {icmp}"
     assert icmp.time > dgram.time, "the ICMP error must answer the datagram"
@@ -91,7 +100,9 @@ def test_udp_refused(net, agent, family, record):
     assert r.errno == "ECONNREFUSED", f"recv() after the ICMP port unreachable must fail with ECONNREFUSED: {r}"
     assert not net.wire.tcp(), "TCP segments on the wire: the refusal of a UDP datagram is not an RST"
     up_target, up_peer = net.target.rise(before_target), net.peer.rise(before_peer)
-    assert up_peer[NO_PORTS[family]] == 1, \
+    assert up_peer[NO_PORTS[family]] == 1, (
         f"the peer's kernel must count one datagram to a port with no socket: {up_peer}"
-    assert up_target[IN_UNREACH[family]] == 1, \
+    )
+    assert up_target[IN_UNREACH[family]] == 1, (
         f"the target's kernel must count one ICMP destination unreachable: {up_target}"
+    )

@@ -26,6 +26,7 @@ retransmission 1 s later, at the second ICMP.
 Every connect() has TCP_SYNCNT=1 and a 5 s timeout of its own, so a silent
 drop fails in about 3 s, not 133 s.
 """
+
 import errno
 
 from conformance import shaping
@@ -59,8 +60,9 @@ def test_unreachable_host_icmp(net, agent, family, record):
     net.peer.add_route(prefix)  # the router has the prefix on its link, but no host answers its neighbour discovery
     net.peer.neighbour_probes(PROBES, PROBE_MS)
     if family == "v6":
-        assert wait_until(net.peer.has_link_local, LINK_LOCAL_WAIT), \
+        assert wait_until(net.peer.has_link_local, LINK_LOCAL_WAIT), (
             "the router has no IPv6 link-local address to send solicitations from"
+        )
     before = net.target.counters(IN_UNREACH[family], "TcpExt.LockDroppedIcmps")
 
     r = unreachable_connect(agent, family, remote, record)
@@ -70,8 +72,9 @@ def test_unreachable_host_icmp(net, agent, family, record):
     icmp_ended_connect(net, family, r, remote, HOST_UNREACH[family], what, record)
     probes = net.wire.wait_for(neighbour_probe(family, remote), timeout=1.0)
     record("router_probes", len(probes))
-    assert probes and all(p.mac == net.peer.mac for p in probes), \
+    assert probes and all(p.mac == net.peer.mac for p in probes), (
         f"the router's neighbour probes for {remote} are not on the wire: {probes}"
+    )
     assert not net.wire.tcp(src=remote), f"something answered as {remote}"
 
     # Kernel: the router's neighbour entry failed; the target counted the ICMP; no socket is left.
@@ -132,14 +135,16 @@ def test_unreachable_on_link(net, agent, family, record):
     # Wire: the target's probes for the address, and no TCP segment (the SYN waited for a neighbour).
     probes = net.wire.wait_for(neighbour_probe(family, addr), timeout=1.0, count=PROBES)
     record("probes", len(probes))
-    assert len(probes) == PROBES and all(p.mac == net.target.mac for p in probes), \
+    assert len(probes) == PROBES and all(p.mac == net.target.mac for p in probes), (
         f"expected {PROBES} neighbour probes from the target for {addr}, saw {[str(p) for p in probes]}"
+    )
     assert not net.wire.tcp(), f"a TCP segment left the target: {[str(s) for s in net.wire.tcp()]}"
     probe_span_ms = (probes[-1].time - probes[0].time) * 1000
     record("probe_span_ms", f"{probe_span_ms:.1f}")
     assert r.ms >= probe_span_ms, f"connect() failed ({r.ms:.1f} ms) before the last probe ({probe_span_ms:.1f} ms)"
-    assert PROBES * PROBE_MS - slack(PROBE_EARLY_MS) <= r.ms < slack(PROBES_LATE_MS), \
+    assert PROBES * PROBE_MS - slack(PROBE_EARLY_MS) <= r.ms < slack(PROBES_LATE_MS), (
         f"connect() failed after {r.ms:.1f} ms; {PROBES} probes {PROBE_MS} ms apart take about {PROBES * PROBE_MS} ms"
+    )
 
     # Kernel: the target's neighbour entry failed; no socket is left.
     state = net.target.neighbour_state(addr)
@@ -153,6 +158,9 @@ def unreachable_connect(agent, family: str, addr: str, record, digits: int = 1):
     (to `digits` decimals; the matrix detail one fewer)."""
     s = agent.socket("tcp", family).h
     agent.setsockopt(s, "syncnt", SYNCNT).check("allow one SYN retransmission only")
+    syncnt = agent.getsockopt(s, "syncnt").value  # nothing else shows it before a SYN is lost
+    record("syncnt", syncnt)
+    assert syncnt == str(SYNCNT), f"TCP_SYNCNT set to {SYNCNT} reads back {syncnt}: the connect() would not be bounded"
     r = agent.connect(s, addr, REMOTE_PORT, CONNECT_TIMEOUT)
     record("errno", r.errno)
     record("connect_ms", f"{r.ms:.{digits}f}")
@@ -170,16 +178,19 @@ def icmp_ended_connect(net, family, r, remote, expected, what, record):
     gap_ms = (err.time - syn.time) * 1000
     record("icmp", str(err))
     record("syn_to_icmp_ms", f"{gap_ms:.1f}")
-    assert (err.icmp_type, err.icmp_code) == expected, \
+    assert (err.icmp_type, err.icmp_code) == expected, (
         f"expected {what} (type {expected[0]} code {expected[1]}) from the router, got {err}"
-    assert (err.src, err.dst) == (net.peer.addr(family), net.target.addr(family)), \
+    )
+    assert (err.src, err.dst) == (net.peer.addr(family), net.target.addr(family)), (
         f"the ICMP is not router -> target: {err}"
-    assert len(syns) == 1, \
-        f"the SYN was retransmitted ({len(syns)} SYNs): connect() must fail at the first ICMP"
-    assert r.ms >= gap_ms - slack(CLOCK_MS), \
+    )
+    assert len(syns) == 1, f"the SYN was retransmitted ({len(syns)} SYNs): connect() must fail at the first ICMP"
+    assert r.ms >= gap_ms - slack(CLOCK_MS), (
         f"connect() failed {r.ms:.1f} ms in, before the ICMP left the router ({gap_ms:.1f} ms)"
-    assert r.ms <= gap_ms + slack(ICMP_LATE_MS), \
+    )
+    assert r.ms <= gap_ms + slack(ICMP_LATE_MS), (
         f"connect() failed {r.ms:.1f} ms in, long after the ICMP ({gap_ms:.1f} ms): the ICMP did not end it"
+    )
 
 
 def icmp_counted(net, family, remote, before, record):

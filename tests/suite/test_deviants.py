@@ -6,6 +6,7 @@ like any outside agent. For each deviation, the case that checks it must fail,
 and a case that checks something else (the control) must still pass on the
 same deviant target. Only those two test functions run.
 """
+
 import functools
 import re
 import subprocess
@@ -65,16 +66,65 @@ DEVIATIONS = [
     ("close-leak", "rst_no_connection", "rst_linger_zero_received"),
     ("close-udp-as-tcp", "udp_no_handshake", "four_way_close_target_active"),
     ("close-udp-fake-refused", "udp_refused", "udp_no_handshake"),
+    # -- issue 11: hb
+    ("hb-backlog-plus-one", "queue_full", "handshake_as_client"),
+    ("hb-backlog-plus-one", "abort_on_overflow_off", "handshake_as_client"),
+    ("big-backlog", "abort_on_overflow_rst", "handshake_as_client"),
+    ("close-leak", "time_wait_by_target", "handshake"),
+    ("linger-close", "four_way_close_target_active", "handshake"),
+    ("linger-close", "rebind_time_wait_default", "handshake"),
+    ("hb-close-aborts-after-eof", "time_wait_by_peer", "time_wait_by_target"),
+    ("hb-close-aborts-after-eof", "four_way_close_target_passive", "time_wait_by_target"),
+    ("hb-close-aborts-after-eof", "half_close_by_peer", "half_close"),
+    ("hb-shutdown-closes", "half_close", "time_wait_by_target"),
+    ("hb-reuseaddr-at-listen", "rebind_time_wait_reuseaddr", "rebind_time_wait_default"),
+    ("hb-reuseaddr-at-listen", "rebind_time_wait_new_only", "rebind_time_wait_old_only"),
+    ("hb-linger-ignored", "rst_no_connection", "rst_unread_data"),
+    ("hb-nonblock-ignored", "accept_nonblock", "accept_new_socket"),
+    ("accept-bind-listens", "listen_accept_einval", "ephemeral_range"),
+    ("hb-bind-loopback", "wildcard_any", "handshake_as_client"),
+    ("hb-bind-loopback", "wildcard_specific", "handshake_as_client"),
+    ("hb-getsockname-flips", "ephemeral_range", "handshake"),
+    ("hb-getsockname-flips", "ephemeral_port_zero", "handshake"),
+    ("ignore-syncnt", "unreachable_host_icmp", "handshake"),
+    # -- issue 11: ha
+    ("ha-refused-retry-later", "refused", "handshake_as_client"),
+    ("ha-refused-retry-at-once", "refused", "handshake_as_client"),
+    ("ha-refused-late", "refused", "handshake_as_client"),
+    ("ha-numeric-errno", "refused", "handshake_as_client"),
+    ("ha-syncnt-off-by-one", "timedout", "refused"),
+    ("ha-udp-connect-unbound", "udp_refused", "udp_no_handshake"),
+    ("ha-connect-ignores-timeout", "connect_timeout", "refused"),
+    # -- issue 12: each language's default backlog
+    ("listen-default-zero", "listen_default", "refused"),
 ]
 
 
 @functools.cache
 def case_ids() -> dict[str, str]:
-    """Every conformance case's matrix row (no family) -> its v4 test id on a target named `deviant`,
-    from pytest's own collection: "time_wait_by_target" -> "tests/cases/test_time_wait.py::test_time_wait[v4-deviant-by_target]"."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
-                           "tests/cases", "--targets", "python", "--families", "v4"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """Every conformance case's matrix row (no family) -> its v4 test id on a target named `deviant`, from
+    pytest's own collection:
+    "time_wait_by_target" -> "tests/cases/test_time_wait.py::test_time_wait[v4-deviant-by_target]"."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "-q",
+            "tests/cases",
+            "--targets",
+            "python",
+            "--families",
+            "v4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = {}
     for line in proc.stdout.splitlines():
         m = re.fullmatch(r"(tests/cases/\S+\.py)::(test_\w+)\[(.*)\]", line.strip())
@@ -98,7 +148,8 @@ def node(row: str) -> str:
 def test_case_fails_on_deviant_target(tmp_path, mode, case, control):
     checked_id, control_id = node(case), node(control)
     code, outcomes, output = run_suite(
-        tmp_path, checked_id, control_id, "--targets", "deviant", "--add-target", deviant(mode), "--families", "v4")
+        tmp_path, checked_id, control_id, "--targets", "deviant", "--add-target", deviant(mode), "--families", "v4"
+    )
     checked = outcomes.get(checked_id.split("::")[1])
     controlled = outcomes.get(control_id.split("::")[1])
     assert checked == "failed", f"{case} did not fail on the {mode} deviant: {checked}\n{output}"

@@ -85,3 +85,37 @@ def test_wire_evidence_is_relative_and_leaves_out_link_noise():
         " 0.000100 198.51.100.1.7878 > 198.51.100.2.40000 [SA] seq 0 ack 1 len 0",
         " 0.000200 198.51.100.2.40000 > 198.51.100.1.7878 [PA] seq 1 ack 1 len 18",
     ]
+
+
+def test_bench_prints_where_the_time_goes():
+    """`python -m conformance bench -- SELECTION`: a benchmark anyone can rerun (no verdict on a time)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "bench",
+            "--",
+            "tests/cases/test_refused.py",
+            "--targets",
+            "c",
+            "--families",
+            "v4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label in (
+        "wall",
+        "CPU",
+        "sum of cases",
+        "slowest case",
+        "protocol waits",
+        "pytest start",
+        "wall / slowest case",
+    ):
+        assert re.search(rf"^{re.escape(label)} +\d+\.\d\d", proc.stdout, re.M), proc.stdout
+    assert "tests/cases/test_refused.py::test_refused[v4-c]" in proc.stdout
