@@ -128,7 +128,7 @@ def test_without_engine_docker_cases_skip_and_the_default_run_is_unaffected(tmp_
     "spec,message",
     [
         ("podman", "runner must be one of namespace, docker"),
-        ("rust=docker", "'rust' is not a selected target"),
+        ("cobol=docker", "'cobol' is not a selected target"),
     ],
 )
 def test_bad_runner_is_a_usage_error(tmp_path, spec, message):

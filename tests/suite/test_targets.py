@@ -92,7 +92,7 @@ def test_add_target_is_selected_by_default_and_by_name():
 @pytest.mark.parametrize(
     "targets,added,message",
     [
-        ("python,rust", [], "unknown target(s) rust"),
+        ("python,cobol", [], "unknown target(s) cobol"),
         (",", [], "no target named"),
         (None, ["noequals"], "expected NAME=COMMAND"),
         (None, ["x="], "expected NAME=COMMAND"),
