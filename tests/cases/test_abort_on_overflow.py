@@ -38,7 +38,8 @@ from conformance.capture import tcp
 from conformance.case import PORT, connected, peer_recv_outcome
 
 BACKLOG = 1  # the accept queue holds BACKLOG + 1 = 2
-HOLD = 0.3  # s: how long the target's SYN-ACKs (and then its answer to the raced ACK) wait in its egress
+HOLD = 0.6  # s: how long the target's SYN-ACKs (and then its answer to the raced ACK) wait in its egress;
+# long enough that a loaded machine still sends both racers' SYNs inside it, short of the 1 s SYN-ACK timer
 COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.EmbryonicRsts")
 
 

@@ -27,7 +27,7 @@ from conformance import shaping
 from conformance.capture import tcp
 from conformance.case import assert_fin, peer_recv_outcome, shut_down
 
-HOLD = 0.4  # s: how long the ACK ending FIN_WAIT1 / LAST_ACK is held back
+HOLD = 0.8  # s: how long the ACK ending FIN_WAIT1 / LAST_ACK is held back (long enough to be seen on a loaded machine)
 STATE_WAIT = 3.0  # bound on waiting out a held ACK
 RTO_MIN_US = 3000000  # no retransmission during a hold (see prepare_holds)
 

@@ -39,7 +39,8 @@ CONNECT_TIMEOUT = 5.0
 REMOTE = {"v4": ("203.0.113.5", "203.0.113.0/24"), "v6": ("2001:db8:1::5", "2001:db8:1::/64")}  # (address, prefix)
 ON_LINK = {"v4": "198.51.100.50", "v6": "2001:db8::50"}  # on the target's link; nobody owns it
 PROBES, PROBE_MS = 2, 100  # lowered neighbour discovery: 2 probes, 100 ms apart
-ROUTER_DELAY = 0.1  # s: the net-unreachable router's ICMP waits this long in its egress
+ROUTER_DELAY = 0.4  # s: the net-unreachable router's ICMP waits this long in its egress (clear of connect()'s lock
+# even when a loaded machine is slow to call it; short of the 1 s SYN retransmission)
 LINK_LOCAL_WAIT = 3.0  # s: a veth end's IPv6 link-local address comes up to ~1 s after the link
 HOST_UNREACH = {"v4": (3, 1), "v6": (1, 3)}  # ICMP host unreachable / ICMPv6 address unreachable
 NET_UNREACH = {"v4": (3, 0), "v6": (1, 0)}  # ICMP net unreachable / ICMPv6 no route
