@@ -40,6 +40,7 @@ from conformance.case import PORT, connected, peer_recv_outcome
 BACKLOG = 1  # the accept queue holds BACKLOG + 1 = 2
 HOLD = 0.6  # s: how long the target's SYN-ACKs (and then its answer to the raced ACK) wait in its egress;
 # long enough that a loaded machine still sends both racers' SYNs inside it, short of the 1 s SYN-ACK timer
+RACE_WAIT = 5.0  # s: the racers complete once the held SYN-ACKs leave (bounded, scaled by the slack)
 COUNTERS = ("TcpExt.ListenOverflows", "TcpExt.EmbryonicRsts")
 
 
@@ -110,8 +111,8 @@ def race(net, agent, family, record, abort: int | None) -> Race:
     hold2 = shaping.hold(net, net.target, HOLD)  # what the target sends after the SYN-ACKs waits again
 
     # Both clients complete their handshake: connect() succeeds for both.
-    assert connected(early) == 0, "the first racer's connect() did not succeed"
-    assert connected(late) == 0, "the second racer's connect() did not succeed"
+    assert connected(early, RACE_WAIT) == 0, "the first racer's connect() did not succeed"
+    assert connected(late, RACE_WAIT) == 0, "the second racer's connect() did not succeed"
     assert net.peer.wait_state("ESTABLISHED", sport=late_port, dport=PORT), (
         "the second racer's client is not ESTABLISHED after its connect() succeeded"
     )

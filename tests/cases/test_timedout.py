@@ -23,7 +23,7 @@ SYNCNT = 1
 # How far a SYN or the give-up may stray from the kernel's schedule: a fixed part (scaled by the
 # run's slack), plus a drift per second of schedule, since each retransmission timer fires late
 # by up to one timer-wheel granule (measured about 25 ms per 1 s timer at HZ=250; 64 ms at HZ=1000).
-TIMER_TOLERANCE_S = 0.25
+TIMER_TOLERANCE_S = 0.7  # a loaded machine reports the give-up late; a SYN too many is caught by its count
 TIMER_DRIFT = 0.07  # s per s of schedule
 
 
