@@ -207,6 +207,9 @@ class SockInfo:
     wqueue: int  # LISTEN: backlog in force; else bytes not yet acked
     family: int = socket.AF_INET
     proto: str = "tcp"
+    # A process holds the socket (sock_diag's inode is non-zero): False for a connection still
+    # waiting in a listener's accept queue, or for an orphan that close() left to the kernel.
+    owned: bool = True
 
     def __str__(self):
         state = SS_STATES.get(self.state, self.state)
@@ -339,6 +342,7 @@ class Host:
                                 wqueue=m["idiag_wqueue"],
                                 family=fam,
                                 proto=proto,
+                                owned=m["idiag_inode"] != 0,
                             )
                         )
             return rows
