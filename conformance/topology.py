@@ -64,6 +64,9 @@ NUD_STATES = {
 
 ALL_STATES = 0xFFF  # every real TCP state (1 << 0 .. 1 << 11)
 TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
+INET_DIAG_INFO = 2  # sock_diag extension: struct tcp_info
+RT_TABLE_MAIN = 254
+RTAX_RTO_MIN = 13  # route metric: minimum RTO in ms (honoured when its RTAX_LOCK bit is set)
 
 # Set explicitly in every namespace: new namespaces inherit some IPv4 settings
 # from the host (ip_forward among them), so nothing is left to chance.
@@ -422,6 +425,68 @@ class Host:
         self.netlink(
             lambda ipr: ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen, family=family, **where)
         )
+
+    def set_rto_min(self, seconds: float) -> dict[str, int]:
+        """Raise the minimum retransmission timeout of TCP to the link partner to seconds, IPv4 and IPv6.
+
+        The connected routes of the link (NET4, NET6) are replaced by the same routes carrying the route
+        metric RTAX_RTO_MIN, locked, as `ip route change ... rto_min 3s` does: the kernel takes the metric
+        in ms and uses it only when locked. It exists on every kernel the suite meets (the sysctl
+        net.ipv4.tcp_rto_min_us only from 6.11). Applies to sockets whose route is looked up after this.
+        Returns {prefix: ms} as the kernel reads the routes back; a route without it is an error."""
+        ms = round(seconds * 1000)
+        wanted = {(socket.AF_INET, str(NET4.network_address)), (socket.AF_INET6, str(NET6.network_address))}
+
+        def run(ipr):
+            got = {}
+            for family, dst in sorted(wanted):
+                for r in ipr.route("dump", family=family, oif=self.ifindex, table=RT_TABLE_MAIN):
+                    if r.get_attr("RTA_DST") != dst:
+                        continue
+                    keep = {"prefsrc": r.get_attr("RTA_PREFSRC"), "priority": r.get_attr("RTA_PRIORITY")}
+                    ipr.route(
+                        "replace",
+                        family=family,
+                        dst=dst,
+                        dst_len=r["dst_len"],
+                        oif=self.ifindex,
+                        table=RT_TABLE_MAIN,
+                        proto=r["proto"],
+                        scope=r["scope"],
+                        type=r["type"],
+                        metrics={"RTAX_LOCK": 1 << RTAX_RTO_MIN, "RTAX_RTO_MIN": ms},
+                        **{k: v for k, v in keep.items() if v is not None},
+                    )
+            for family, dst in sorted(wanted):
+                for r in ipr.route("dump", family=family, oif=self.ifindex, table=RT_TABLE_MAIN):
+                    if r.get_attr("RTA_DST") == dst:
+                        metrics = dict((r.get_attr("RTA_METRICS") or {}).get("attrs", []))
+                        locked = metrics.get("RTAX_LOCK", 0) & (1 << RTAX_RTO_MIN)
+                        got[f"{dst}/{r['dst_len']}"] = metrics.get("RTAX_RTO_MIN") if locked else None
+            return got
+
+        got = self.netlink(run)
+        if len(got) != len(wanted) or any(v != ms for v in got.values()):
+            raise RuntimeError(f"rto_min {ms} ms did not take on the {self.role}'s connected routes: {got}")
+        return got
+
+    def rto_ms(self, **match) -> int | None:
+        """The retransmission timeout in force (tcp_info's tcpi_rto, in ms, as `ss -i` shows it) of the
+        first TCP socket whose fields equal every keyword (see sockets()); None if there is none."""
+
+        def run():
+            with DiagSocket() as ds:
+                ds.bind()
+                for fam in (socket.AF_INET, socket.AF_INET6):
+                    for m in ds.get_sock_stats(family=fam, states=ALL_STATES, extensions=1 << (INET_DIAG_INFO - 1)):
+                        info = m.get_attr("INET_DIAG_INFO")
+                        fields = {"src": m["idiag_src"], "sport": m["idiag_sport"]}
+                        fields.update(dst=m["idiag_dst"], dport=m["idiag_dport"])
+                        if info is not None and all(fields[k] == v for k, v in match.items()):
+                            return info["tcpi_rto"] // 1000
+            return None
+
+        return self.call(run)
 
     def neighbour_state(self, addr: str) -> str | None:
         """The state of this host's neighbour entry for addr (NUD name: "FAILED", "PERMANENT"...), None if none."""

@@ -14,8 +14,10 @@ observable, the ACK that ends them is held back for a bounded time, and nothing 
 the acking side's egress is a tbf qdisc (this kernel has tbf, no netem) with filler frames
 queued just before, so its next packet, the ACK, leaves about HOLD seconds later
 (conformance/shaping.py). So that the side waiting for that ACK does not retransmit its
-FIN meanwhile, both namespaces raise the minimum retransmission timeout
-(net.ipv4.tcp_rto_min_us) to 3 s for these cases.
+FIN meanwhile, both namespaces raise the minimum retransmission timeout to 3 s for these cases:
+the route metric rto_min on the link's routes (`ip route change ... rto_min 3s`), which every
+kernel the suite meets has (the sysctl net.ipv4.tcp_rto_min_us exists from 6.11 only), read back
+from the routes and from each end's socket (tcp_info's rto, as `ss -i` shows it) before judging.
 """
 
 import socket
@@ -29,11 +31,11 @@ from conformance.case import assert_fin, peer_recv_outcome, shut_down
 
 HOLD = 0.8  # s: how long the ACK ending FIN_WAIT1 / LAST_ACK is held back (long enough to be seen on a loaded machine)
 STATE_WAIT = 3.0  # bound on waiting out a held ACK
-RTO_MIN_US = 3000000  # no retransmission during a hold (see prepare_holds)
+RTO_MIN = 3.0  # s: no retransmission during a hold (see prepare_holds)
 
 
 def prepare_holds(net):
-    """tbf on both veth ends, and a minimum retransmission timeout of 3 s in both namespaces.
+    """tbf on both veth ends, and a minimum retransmission timeout of 3 s (the route metric) in both namespaces.
 
     While an ACK is held, the side waiting for it would otherwise retransmit its FIN
     after 200 ms; the duplicate ACK that answers it reaches a socket that is already
@@ -41,10 +43,18 @@ def prepare_holds(net):
     (RFC 1337 assassination, net.ipv4.tcp_rfc1337=0). Applies to sockets made after this.
     """
     for host in (net.target, net.peer):
-        assert host.sysctl("net.ipv4.tcp_rto_min_us", str(RTO_MIN_US)) == str(RTO_MIN_US), (
-            f"could not set net.ipv4.tcp_rto_min_us={RTO_MIN_US} in the {host.role}'s namespace"
-        )
+        host.set_rto_min(RTO_MIN)  # raises unless the kernel reads the metric back on both routes
         shaping.install(host)
+
+
+def assert_rto_min(c, record):
+    """Both ends of the connection run with the raised minimum RTO: no FIN is retransmitted during a hold."""
+    for end in (c.target, c.peer):
+        rto = end.host.rto_ms(**end.match)
+        record(f"{end.role}_rto_ms", rto)
+        assert rto is not None and rto >= RTO_MIN * 1000, (
+            f"the {end.role}'s socket has an RTO of {rto} ms, under the {RTO_MIN * 1000:.0f} ms the route asks for"
+        )
 
 
 def no_drops(net):
@@ -104,6 +114,7 @@ def test_four_way_close(net, agent, family, side, record):
     else:
         c, first, second = net.target_client(agent, family), "peer", "target"
     active, passive = c.end(first), c.end(second)
+    assert_rto_min(c, record)
     record(f"states_{first}", "FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT")
     record(f"states_{second}", "CLOSE_WAIT -> LAST_ACK -> closed")
     record.key(KEYS[side])
