@@ -11,6 +11,7 @@ SYN_SENT and retransmits its SYN, about 1 s later (the kernel's initial RTO).
 
     listen_took_effect(net, backlog, record=record)     # the backlog asked for is the one in force
     client, cport = queued_client(net, family)          # one connection, completed, not accepted
+    assert_left_in_queue(net, cport)                    # ... and the runtime did not accept it either
     ports, listener = fill(net, family, PORT, backlog)  # backlog + 1 of them
     late = knock(net, family, PORT)                     # one more: only observed
     record("listen_overflows", late.overflows)
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from .capture import Segment, tcp
 from .case import PORT, Net, connected
+from .timing import RUNTIME_GRACE, holds, wait_until
 from .topology import SockInfo
 
 OVERFLOWS = "TcpExt.ListenOverflows"
@@ -61,6 +63,39 @@ def queued_client(
     return client, client.getsockname()[1]
 
 
+def assert_left_in_queue(net: Net, *ports: int, port: int = PORT) -> None:
+    """The connections from the peer's `ports` stay in the target's accept queue, held by no process, for
+    RUNTIME_GRACE: the program has not called accept(), so its runtime must not have either.
+
+    An event-driven runtime (Node's libuv) accepts as soon as a connection completes: that fails here,
+    naming it, rather than as a queue that holds fewer connections than expected."""
+
+    def rows() -> dict[int, SockInfo]:
+        return {r.dport: r for r in net.target.sockets("ESTABLISHED", sport=port) if r.dport in ports}
+
+    def all_waiting() -> bool:
+        now = rows()
+        return len(now) == len(set(ports)) and not any(r.owned for r in now.values())
+
+    def missing() -> list[int]:
+        return sorted(set(ports) - set(rows()))
+
+    assert wait_until(lambda: not missing()), (
+        f"no ESTABLISHED server-side socket for the connection from port {missing()} on the target:\n"
+        f"{net.target.table()}"
+    )
+    if holds(all_waiting, RUNTIME_GRACE):
+        return
+    taken = sorted(p for p, r in rows().items() if r.owned)
+    assert not taken, (
+        f"the runtime accepted the connection from port {', '.join(map(str, taken))} before accept() was called "
+        f"(a process holds its socket; the program never called accept())"
+    )
+    raise AssertionError(
+        f"the connection from port {missing()} left the target's accept queue before accept():\n{net.target.table()}"
+    )
+
+
 def fill(net: Net, family: str, port: int = PORT, backlog: int = 1) -> tuple[list[int], SockInfo]:
     """backlog + 1 peer connections to the target's listener on port, each completed without accept().
 
@@ -70,6 +105,7 @@ def fill(net: Net, family: str, port: int = PORT, backlog: int = 1) -> tuple[lis
         queued_client(net, family, port, f"connection {i + 1} of backlog + 1 = {backlog + 1}")[1]
         for i in range(backlog + 1)
     ]
+    assert_left_in_queue(net, *ports, port=port)
     listener = net.target.wait_state("LISTEN", sport=port, rqueue=backlog + 1)
     assert listener, f"the accept queue does not hold backlog + 1 = {backlog + 1}"
     return ports, listener

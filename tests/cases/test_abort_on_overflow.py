@@ -94,8 +94,8 @@ def race(net, agent, family, record, abort: int | None) -> Race:
     queue.listen_took_effect(net, BACKLOG, record=record)
 
     # One connection waits in the queue (it has room for one more).
-    queued = net.peer_connect(family, server, PORT)
-    assert connected(queued) == 0, "the first connection did not complete without accept()"
+    queued, queued_port = queue.queued_client(net, family, which="the first connection")
+    queue.assert_left_in_queue(net, queued_port)
     assert net.target.wait_state("LISTEN", sport=PORT, rqueue=1), (
         "the accept queue does not hold the first connection: the listener must leave it there until accept()"
     )
@@ -139,7 +139,7 @@ def race(net, agent, family, record, abort: int | None) -> Race:
     )
     return Race(
         ls,
-        queued.getsockname()[1],
+        queued_port,
         early,
         late,
         early_port,

@@ -29,6 +29,7 @@ def test_accept_data_before_accept(net, agent, family, record):
     ls = agent.listener(server, PORT)
 
     client, cport = queue.queued_client(net, family)
+    queue.assert_left_in_queue(net, cport)
     client.setblocking(True)
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     syn = net.wire.expect(tcp(sport=cport, flags="S"), "the client's SYN")

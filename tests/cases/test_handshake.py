@@ -26,7 +26,9 @@ def test_handshake(net, agent, family, record):
         tcp(sport=cport, flags="A", seq=syn.seq + 1, ack=synack.seq + 1), "the client's ACK of the SYN-ACK's seq + 1"
     )
 
-    # Kernel, before any accept(): the connection is ESTABLISHED and waits in the accept queue.
+    # Kernel, before any accept(): the connection is ESTABLISHED and waits in the accept queue,
+    # where the target's runtime leaves it too (an event loop that accepts on its own would not).
+    queue.assert_left_in_queue(net, cport)
     listener = net.target.wait_state("LISTEN", sport=PORT)
     assert listener is not None, "the target has no listening socket"
     record("accept_queue_before_accept", listener.rqueue)

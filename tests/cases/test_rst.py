@@ -23,6 +23,7 @@ import time
 from conformance import shaping
 from conformance.capture import tcp
 from conformance.case import abort, how_ended, peer_recv_outcome
+from conformance.timing import holds, wait_until
 
 DATA = b"data the target never reads"
 LATE = b"data for a connection that is gone"
@@ -115,14 +116,24 @@ def test_rst_unread_data(net, agent, family, record):
     c = net.target_server(agent, family)
     c.sock.sendall(DATA)
     data = net.wire.expect(tcp(**c.peer.match, has="P"), "the peer's data")
-    unread = net.target.wait_state("ESTABLISHED", rqueue=len(DATA), **c.target.match)
-    assert unread, f"the {len(DATA)} bytes are not waiting unread in the target's Recv-Q"
-    record("unread_bytes", unread.rqueue)
-    record.key(f"RST, {unread.rqueue}B unread")
+    # The program never calls recv(): the data waits in the Recv-Q, where the runtime leaves it too
+    # (an event loop that reads on its own would not).
+    def waiting():
+        return [s for s in c.target.sockets("ESTABLISHED") if s.rqueue == len(DATA)]
+
+    unread = wait_until(waiting)
+    record("unread_bytes", unread[0].rqueue if unread else 0)
+    assert unread and holds(waiting), (
+        f"the runtime read the {len(DATA)} bytes before recv() was called: the target's kernel acknowledged them "
+        f"and its Recv-Q emptied on its own:\n{net.target.table()}"
+        if net.wire.wait_for(tcp(**c.target.match, has="A", ack=data.seq + len(DATA)), timeout=0.5)
+        else f"the {len(DATA)} bytes are not waiting unread in the target's Recv-Q:\n{net.target.table()}"
+    )
+    record.key(f"RST, {unread[0].rqueue}B unread")
     before = net.target.counters(*COUNTERS)
 
     c.close("target")
-    closed_with_rst(net, c, f"with {unread.rqueue} bytes unread", record)
+    closed_with_rst(net, c, f"with {unread[0].rqueue} bytes unread", record)
     rst, got, up = target_reset(net, c, before, "an RST from the target at close()", record)
     assert not net.wire.tcp(**c.target.match, has="F"), (
         "the target sent a FIN: close() with unread data must abort the connection"

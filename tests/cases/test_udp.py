@@ -13,6 +13,7 @@ kernel reports it to the connected socket: the next send or recv fails with ECON
 import socket
 
 from conformance.case import CLOSED_PORT
+from conformance.timing import holds, wait_until
 
 UDP_PORT = 5353
 GREETING = b"one datagram, no handshake"
@@ -37,9 +38,21 @@ def test_udp_no_handshake(net, agent, family, record):
     sport = sender.getsockname()[1]
     sender.sendto(GREETING, (addr, UDP_PORT))
     dgram = net.wire.expect(lambda x: x.proto == "udp" and x.dport == UDP_PORT, "the peer's datagram")
-    queued = [x for x in net.target.sockets(proto="udp", sport=UDP_PORT) if x.rqueue > 0]
-    record("recvq_truesize", queued[0].rqueue if queued else 0)
-    assert queued, "the datagram is not waiting in the UDP socket's receive queue before recv()"
+
+    def queued():
+        return [x for x in net.target.sockets(proto="udp", sport=UDP_PORT) if x.rqueue > 0]
+
+    waiting = wait_until(queued)
+    record("recvq_truesize", waiting[0].rqueue if waiting else 0)
+    # The program has not called recv(): the datagram waits in the receive queue, where the runtime
+    # leaves it too (an event loop that reads on its own would not).
+    delivered = net.target.rise(before)[IN_DATAGRAMS[family]]
+    assert waiting and holds(queued), (
+        f"the runtime read the datagram before recv() was called: the kernel delivered it ({IN_DATAGRAMS[family]} "
+        f"rose by {delivered}) and the receive queue emptied on its own"
+        if delivered
+        else "the datagram is not waiting in the UDP socket's receive queue before recv()"
+    )
 
     got = agent.recv(u, 2048, 2.0).check("recv() on the bound UDP socket must return the datagram")
     record("sender", f"{got.addr}:{got.port}")

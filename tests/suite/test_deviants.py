@@ -11,6 +11,7 @@ import functools
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -86,7 +87,6 @@ DEVIATIONS = [
     ("hb-bind-loopback", "wildcard_specific", "handshake_as_client"),
     ("hb-getsockname-flips", "ephemeral_range", "handshake"),
     ("hb-getsockname-flips", "ephemeral_port_zero", "handshake"),
-    ("ignore-syncnt", "unreachable_host_icmp", "handshake"),
     # -- issue 11: ha
     ("ha-refused-retry-later", "refused", "handshake_as_client"),
     ("ha-refused-retry-at-once", "refused", "handshake_as_client"),
@@ -97,6 +97,16 @@ DEVIATIONS = [
     ("ha-connect-ignores-timeout", "connect_timeout", "refused"),
     # -- issue 12: each language's default backlog
     ("listen-default-zero", "listen_default", "refused"),
+    # -- issue 12: a runtime that accepts or reads on its own (Node's event loop)
+    ("reads-ahead-udp", "udp_no_handshake", "udp_refused"),
+    ("reads-ahead", "rst_unread_data", "rst_linger_zero"),
+]
+
+# What the first failing assertion must say for these deviations: the deviation, not a symptom.
+NAMED = [
+    ("eager-accept", "handshake", "the runtime accepted the connection from port"),
+    ("reads-ahead-udp", "udp_no_handshake", "the runtime read the datagram before recv() was called"),
+    ("reads-ahead", "rst_unread_data", "bytes before recv() was called: the target's kernel acknowledged them"),
 ]
 
 
@@ -155,6 +165,18 @@ def test_case_fails_on_deviant_target(tmp_path, mode, case, control):
     assert checked == "failed", f"{case} did not fail on the {mode} deviant: {checked}\n{output}"
     assert controlled == "passed", f"the control {control} must pass on the {mode} deviant: {controlled}\n{output}"
     assert code == 1, f"pytest must exit 1 when a case fails, got {code}"
+
+
+@pytest.mark.parametrize("mode,case,message", NAMED, ids=[f"{d[0]}-{d[1]}" for d in NAMED])
+def test_deviation_is_named(tmp_path, mode, case, message):
+    checked_id = node(case)
+    code, outcomes, output = run_suite(
+        tmp_path, checked_id, "--targets", "deviant", "--add-target", deviant(mode), "--families", "v4"
+    )
+    assert outcomes.get(checked_id.split("::")[1]) == "failed", f"{case} did not fail on {mode}:\n{output}"
+    failures = [f.get("message", "") for f in ET.parse(tmp_path / "junit.xml").getroot().iter("failure")]
+    first = failures[0].splitlines()[0] if failures else ""
+    assert message in first, f"{case} on {mode} must fail first saying {message!r}, said: {first}\n{output}"
 
 
 def test_every_case_has_a_deviation():
