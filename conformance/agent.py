@@ -189,10 +189,18 @@ class Agent:
     """One running agent process. Use as a context manager or call stop()."""
 
     def __init__(
-        self, name: str, argv: list[str], launcher: list[str] | None = None, env=None, deadline: float | None = None
+        self,
+        name: str,
+        argv: list[str],
+        launcher: list[str] | None = None,
+        env=None,
+        deadline: float | None = None,
+        pass_fds: tuple[int, ...] = (),
     ):
         """deadline: seconds the agent may take to start, or to answer a call with no timeout of
-        its own, before it is killed as hung (default DEFAULT_DEADLINE)."""
+        its own, before it is killed as hung (default DEFAULT_DEADLINE). pass_fds: descriptors the
+        agent inherits (every other one is closed); the launcher (setpriv, ip netns exec, unshare)
+        keeps them open across its execs."""
         self.name = name
         self.argv = argv
         self.deadline = DEFAULT_DEADLINE if deadline is None else deadline
@@ -208,6 +216,7 @@ class Agent:
                 stderr=self._stderr.write_end,
                 env=env,
                 close_fds=True,
+                pass_fds=pass_fds,
             )
         except OSError as e:
             self._stderr.close()

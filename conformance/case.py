@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pyroute2 import DiagSocket
 
 from . import privilege
-from .agent import Agent
+from .agent import Agent, AgentError
 from .capture import Capture
+from .stack import StackView
 from .targets import Target
 from .timing import WAIT, slack
 from .topology import ALL_STATES, Host, Topology, new_base
@@ -150,11 +151,54 @@ class Net:
         """Start target's agent inside the target namespace (under the Docker runner: the container's)."""
         if self._container:
             return self.agents[0]
+        if target.link == "packet":
+            return self._start_stack(target)
         argv = target.argv()
         uid, why = privilege.agent_uid(argv)
         agent = Agent(target.name, argv, launcher(self.target.ns, uid), deadline=self.agent_deadline)
         agent.uid, agent.uid_reason = uid, why
         self.agents.append(agent)
+        return agent
+
+    def _start_stack(self, target: Target) -> Agent:
+        """A userspace TCP/IP stack (target.link == "packet") on the target's veth.
+
+        The kernel of the target namespace is deafened on the veth (Host.deafen: it must not answer for
+        the target's addresses); the harness opens a packet socket on the veth (CAP_NET_RAW is the
+        harness's) and a socketpair for the introspection channel and passes both to the agent, which
+        runs unprivileged like any other: argv + `--nic IF --fd N --state-fd M` (targets/PROTOCOL.md,
+        "Introspection"). net.target.stack then answers for the target's sockets, counters and
+        neighbours."""
+        host = self.target
+        argv = target.argv()  # built first: a build error leaves the namespace as it was
+        host.deafen()
+        pk = host.packet_socket()
+        mine, theirs = socket.socketpair()
+        try:
+            argv = [*argv, "--nic", host.ifname, "--fd", str(pk.fileno()), "--state-fd", str(theirs.fileno())]
+            uid, why = privilege.agent_uid(argv)
+            agent = Agent(
+                target.name,
+                argv,
+                launcher(host.ns, uid),
+                deadline=self.agent_deadline,
+                pass_fds=(pk.fileno(), theirs.fileno()),
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            pk.close()  # the agent holds its own copies
+            theirs.close()
+        self.peer_sockets.append(mine)  # closed with the Net
+        agent.uid, agent.uid_reason = uid, why
+        self.agents.append(agent)
+        if agent.info.get("introspect") != "1":
+            agent.kill()
+            raise AgentError(
+                target.name, "(start)", "a packet-link target's ready line must say introspect=1 (its own tables)"
+            )
+        host.stack = StackView(mine, target.name)
         return agent
 
     # -- the peer: the harness's own sockets in the peer namespace -----------
@@ -297,7 +341,9 @@ def shut_down(end: End) -> str | None:
     """The directions the kernel has shut down on `end`'s socket (sock_diag's INET_DIAG_SHUTDOWN):
     "none", "rd", "wr" or "rdwr"; "closed" when the socket has no file any more (close()d: an orphan
     the kernel finishes alone); None when its host has no such socket. shutdown(SHUT_WR) shows "wr";
-    a FIN received adds "rd"."""
+    a FIN received adds "rd". A userspace stack's host answers from the stack's own table."""
+    if end.host.stack is not None:
+        return end.host.stack.shut(end.addr, end.port, end.remote_port)
 
     def run():
         with DiagSocket() as ds:

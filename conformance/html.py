@@ -6,7 +6,7 @@ import html
 import os
 
 from . import outputs
-from .matrix import cell_text
+from .matrix import cell_text, own_tables
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
@@ -78,8 +78,11 @@ def render(doc: dict, page_path: str | None = None) -> str:
     targets = list(doc.get("targets") or dict.fromkeys(r["target"] for r in records))
     behaviours = list(dict.fromkeys(r["case"] for r in records))
     index = {(r["case"], r["target"]): i for i, r in enumerate(records)}
+    marked = own_tables(records)
+    source = {t: f"<br><small><i>evidence: {_e(s.removeprefix('target: '))}</i></small>" for t, s in marked.items()}
     head = "".join(
-        f"<th>{_e(t)}<br><small>{_e(doc['targets'].get(t, {}).get('runtime', ''))}</small></th>" for t in targets
+        f"<th>{_e(t)}<br><small>{_e(doc['targets'].get(t, {}).get('runtime', ''))}</small>{source.get(t, '')}</th>"
+        for t in targets
     )
     rows = []
     for b in behaviours:

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 CELL = 26
 LEGEND = "cells: pass | FAIL | ERROR | skip reason | diff = declared difference | XPASS = difference gone"
+OWN_TABLES = "*"  # marks a column whose kernel-side evidence came from the target's own tables
+
+
+def own_tables(records: list[dict]) -> dict[str, str]:
+    """Targets whose socket states and counters did not come from the kernel: {target: source}."""
+    out = {}
+    for r in records:
+        source = r.get("observed", {}).get("evidence_source")
+        if source and not source.startswith("kernel"):
+            out.setdefault(r["target"], source)
+    return out
 
 
 def cell_text(rec: dict) -> str:
@@ -33,7 +44,8 @@ def render(records: list[dict], targets: list[str]) -> str:
     def fit(text: str, n: int) -> str:
         return (text[: n - 2] + "…" if len(text) > n - 1 else text).ljust(n)
 
-    lines = [fit("behaviour", width) + "".join(fit(t, cell) for t in columns)]
+    marked = own_tables(records)
+    lines = [fit("behaviour", width) + "".join(fit(t + (OWN_TABLES if t in marked else ""), cell) for t in columns)]
     for b in behaviours:
         row = fit(b, width)
         for t in columns:
@@ -45,4 +57,6 @@ def render(records: list[dict], targets: list[str]) -> str:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     lines.append(", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     lines.append(LEGEND)
+    for t, source in marked.items():
+        lines.append(f"{OWN_TABLES}{t}: {source.removeprefix('target: ')}")
     return "\n".join(lines)

@@ -72,6 +72,17 @@ COMMANDS: dict[str, Command] = {
     )
 }
 
+# The optional introspection commands (PROTOCOL.md, "Introspection"): a userspace stack's own tables,
+# sent only to an agent whose ready line says introspect=1 (conformance/stack.py asks them).
+INTROSPECTION: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("sockets", (), ("n", "rows"), "list the stack's sockets"),
+        Command("counters", (), (), "report the stack's counters"),
+        Command("neighbour", ("ADDR",), ("state",), "the stack's neighbour entry for ADDR"),
+    )
+}
+
 # setsockopt/getsockopt options: the values they take.
 OPTIONS = {
     "reuseaddr": "0|1",

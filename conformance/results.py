@@ -105,7 +105,7 @@ def document(
     for r in records:
         if r["runtime"]:
             runtimes.setdefault(r["target"], r["runtime"])
-        for field in ("command", "variant", "agent_uid"):
+        for field in ("command", "variant", "agent_uid", "evidence_source"):
             if r["observed"].get(field):
                 about.setdefault(r["target"], {}).setdefault(field, r["observed"][field])
     return {

@@ -8,6 +8,12 @@ the CLI's default and the CI matrix all derive from those records.
 C and Go agents are built on demand into a cache keyed by the content of their
 sources and the compiler's version, so a rebuild happens only when something
 changed; concurrent pytest-xdist workers wait on a file lock for one build.
+
+A record with default=False is built in but runs only when --targets names it
+(netstack: its cold build takes minutes); BUILTIN is the default selection,
+OPT_IN the others. A record with link="packet" is a userspace TCP/IP stack: its
+agent gets the target's veth as a packet socket and reports its own socket
+tables (conformance/case.py, Net.start).
 """
 
 from __future__ import annotations
@@ -99,8 +105,8 @@ def cached_build(name: str, key: str, build) -> Path:
     return out
 
 
-def _run_build(what: str, argv: list[str], cwd: Path, env=None):
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+def _run_build(what: str, argv: list[str], cwd: Path, env=None, timeout: float = 600):
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise BuildError(f"building the {what} agent failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
 
@@ -129,6 +135,23 @@ def build_go() -> Path:
     env.setdefault("GOFLAGS", "-mod=mod")
     return cached_build(
         "go", key, lambda out: _run_build("Go", [go, "build", "-trimpath", "-o", str(out), "."], src_dir, env)
+    )
+
+
+def build_netstack() -> Path:
+    """The netstack agent (targets/netstack: gVisor's TCP/IP stack as a Go library), keyed like Go's. Its
+    module (gvisor.dev/gvisor, large) is fetched by ci/setup.sh (`go mod download`); a cold build of the
+    stack takes about 3 minutes on 2 loaded cores, hence its own timeout."""
+    go = find_tool("go", "golang-go")
+    src_dir = TARGETS_DIR / "netstack"
+    files = [p for p in src_dir.iterdir() if p.suffix == ".go" or p.name in ("go.mod", "go.sum")]
+    key = content_key(files, tool_version([go, "version"]))
+    env = dict(os.environ, CGO_ENABLED="0")
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return cached_build(
+        "netstack",
+        key,
+        lambda out: _run_build("netstack", [go, "build", "-trimpath", "-o", str(out), "."], src_dir, env, 1800),
     )
 
 
@@ -240,6 +263,11 @@ class Target:
     prepare: str = ""  # a target file's build step: a shell command run once per run, before any case
     folder: Path | None = None  # where prepare runs (the target file's folder)
     launch: Callable[[Path], list[str]] | None = None  # the argv that runs a built file (a jar needs a JVM)
+    # "kernel": the agent's sockets are the kernel's. "packet": the agent is a userspace TCP/IP stack on
+    # the target's veth (a packet socket the harness opens; the namespace's kernel is deafened on it) that
+    # answers the protocol's introspection commands (targets/PROTOCOL.md) for its socket tables.
+    link: str = "kernel"
+    default: bool = True  # in the default selection (a built-in with False runs when --targets names it)
 
     def argv(self) -> list[str]:
         if self.build is not None:
@@ -280,13 +308,18 @@ def builtin_targets() -> dict[str, Target]:
                 ("java", *JAVA_FLAGS, "-cp", "/agent.jar", "Agent"),
             ),
         ),
+        # gVisor's netstack: not in the default selection (cold build ~3 min, a 100 MB module); no
+        # container image (the Docker runner cannot hand it the packet socket yet).
+        Target("netstack", build=build_netstack, link="packet", default=False),
     ]
     for target in records:
         target.builtin = True
     return {t.name: t for t in records}
 
 
-BUILTIN = tuple(builtin_targets())
+BUILTIN = tuple(name for name, t in builtin_targets().items() if t.default)  # the default selection
+OPT_IN = tuple(name for name, t in builtin_targets().items() if not t.default)  # built in, run when named
+LINKS = ("kernel", "packet")
 
 
 def parse_add_target(spec: str) -> Target:
@@ -306,7 +339,7 @@ def parse_add_target(spec: str) -> Target:
     return Target(name, argv, origin="--add-target")
 
 
-TARGET_KEYS = {"name", "command", "variant", "build", "image"}
+TARGET_KEYS = {"name", "command", "variant", "build", "image", "link"}
 
 
 def load_target_file(path: str) -> list[Target]:
@@ -317,6 +350,7 @@ def load_target_file(path: str) -> list[Target]:
     command = "/usr/bin/python3.13 -I -S agent.py"   # or a list; relative files: from this file's folder
     variant = "CPython 3.13"                          # optional, recorded with the results
     build = "make agent"                              # optional: run once per run, in this file's folder
+    link = "packet"                                   # optional: a userspace stack (see Target.link)
     [target.image]                                    # optional: for --runner docker
     base = "scratch"                                  # or "debian-python"
     files = { agent = "build/agent" }                 # /NAME in the image <- a file (from this folder)
@@ -355,6 +389,9 @@ def load_target_file(path: str) -> list[Target]:
                 raise ValueError(f"{where}: `image` needs base (one of {bases}), files and entrypoint")
             paths = {k: (file.parent / v, 0o755) for k, v in files.items()}
             recipe = ImageRecipe(image["base"], lambda paths=paths: paths, tuple(image["entrypoint"]))
+        link = entry.get("link", "kernel")
+        if link not in LINKS:
+            raise ValueError(f"{where}: `link` must be one of {', '.join(LINKS)}")
         out.append(
             Target(
                 name,
@@ -364,6 +401,7 @@ def load_target_file(path: str) -> list[Target]:
                 origin=str(file),
                 prepare=str(entry.get("build", "")),
                 folder=file.parent,
+                link=link,
             )
         )
     return out
@@ -395,8 +433,8 @@ def select_targets(selection: str | None, added: list[str], files: list[str] = (
         if target.name in available:
             raise ValueError(f"--add-target {spec!r}: {target.name!r} given twice")
         available[target.name] = target
-    if selection is None:
-        return available
+    if selection is None:  # every target but the built-ins that run only when named
+        return {n: t for n, t in available.items() if n not in OPT_IN}
     names = [n.strip() for n in selection.split(",") if n.strip()]
     if not names:
         raise ValueError("--targets: no target named")

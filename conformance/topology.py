@@ -16,10 +16,11 @@ import re
 import signal
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyroute2 import DiagSocket, IPRoute, NetlinkError, netns
 
+from .agent import Unsupported
 from .timing import WAIT, wait_until
 
 PREFIX = "tcc"
@@ -171,6 +172,27 @@ def delta(before: dict, after: dict, *keys) -> dict:
     return {k: after.get(k, 0) - before.get(k, 0) for k in keys}
 
 
+class NotReported(Unsupported, KeyError):
+    """A counter the source of a host's evidence does not keep (a userspace stack's): never read as 0.
+    A case that reads one without asking `key in counters` first is skipped, naming it."""
+
+    def __str__(self):
+        return f"{self.args[1]}: the counter {self.args[0]} is not reported by this target (its stack keeps none)"
+
+
+class Counters(dict):
+    """Counter readings (Host.counters, Host.rise). A counter the source does not keep is absent, and
+    reading it raises NotReported; `key in counters` says whether it can be judged. `unreported` lists
+    the ones asked for and absent, `source` says where the readings came from ("kernel", or the target)."""
+
+    def __init__(self, values: dict, unreported=(), source: str = "kernel"):
+        super().__init__(values)
+        self.unreported, self.source = tuple(unreported), source
+
+    def __missing__(self, key):
+        raise NotReported(key, self.source)
+
+
 def sysctl_path(key: str) -> str:
     if not re.fullmatch(r"net\.[A-Za-z0-9_.\-]+", key) or ".." in key:
         raise ValueError(f"not a network sysctl: {key!r}")
@@ -246,6 +268,16 @@ class Host:
     addr6: str
     mac: str = ""
     ifindex: int = 0
+    # A userspace stack's own tables (conformance.stack.StackView): when set, sockets(), counters() and
+    # neighbour_state() ask it instead of the kernel, which has none of its sockets.
+    stack: object = None
+    # What the case could not check here: counters asked for that the source does not keep.
+    unreported: set = field(default_factory=set)
+
+    @property
+    def evidence_source(self) -> str:
+        """Where this host's socket tables, counters and neighbour entries come from."""
+        return "kernel" if self.stack is None else self.stack.source
 
     def addr(self, family: str) -> str:
         return self.addr4 if family == "v4" else self.addr6
@@ -324,6 +356,9 @@ class Host:
         dumps them from Linux 6.8 on)."""
         if state is not None:
             match["state"] = state
+        if self.stack is not None:
+            rows = self.stack.sockets(proto, family, bound)
+            return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
         fams = [FAMILIES[family]] if family else [socket.AF_INET, socket.AF_INET6]
         states = ALL_STATES | (1 << TCP_BOUND_INACTIVE if bound else 0)
 
@@ -368,16 +403,26 @@ class Host:
     def counters(self, *keys: str) -> dict[str, int]:
         """/proc/net/netstat, snmp and snmp6 of this namespace as one dict:
         {'TcpExt.ListenOverflows': n, 'Udp.InDatagrams': n, 'Icmp6.InDestUnreachs': n, ...};
-        with keys, only those (0 for a counter this kernel lacks)."""
+        with keys, only those (0 for a counter this kernel lacks). From a userspace stack (self.stack):
+        its own counters under the kernel's names; one it does not keep is absent (never 0), listed in
+        the reading's `unreported` and in self.unreported (recorded with the case as not checked)."""
+        if self.stack is not None:
+            every = self.stack.counters()
+            missing = [k for k in keys if k not in every]
+            self.unreported.update(missing)
+            values = {k: every[k] for k in keys if k in every} if keys else every
+            return Counters(values, missing, self.stack.name)
         every = self._counters()
-        return {k: every.get(k, 0) for k in keys} if keys else every
+        return Counters({k: every.get(k, 0) for k in keys} if keys else every)
 
     def rise(self, before: dict[str, int]) -> dict[str, int]:
-        """How much each counter of a counters(...) reading has risen since."""
-        return delta(before, self.counters(*before), *before)
+        """How much each counter of a counters(...) reading has risen since (absent: not reported)."""
+        after = self.counters(*before, *getattr(before, "unreported", ()))
+        return Counters(delta(before, after, *before), getattr(after, "unreported", ()), getattr(after, "source", ""))
 
     def wait_rise(self, before: dict[str, int], key: str, at_least: int = 1, timeout: float = 1.0) -> int:
         """Wait (bounded, scaled) until counter key has risen by at_least since before; the rise."""
+        before[key]  # NotReported when the source does not keep it: never waited for as 0
         rise = lambda: self.counters(key)[key] - before[key]  # noqa: E731
         wait_until(lambda: rise() >= at_least, timeout)
         return rise()
@@ -490,6 +535,8 @@ class Host:
 
     def neighbour_state(self, addr: str) -> str | None:
         """The state of this host's neighbour entry for addr (NUD name: "FAILED", "PERMANENT"...), None if none."""
+        if self.stack is not None:
+            return self.stack.neighbour_state(addr)
 
         def run(ipr):
             for n in ipr.get_neighbours(ifindex=self.ifindex):
@@ -508,6 +555,59 @@ class Host:
             )
         )
 
+    # -- a userspace stack on this host's veth (conformance/case.py, Net.start) ------------------
+    def deafen(self) -> None:
+        """The kernel of this namespace receives nothing on the veth; its packet sockets still do.
+
+        An ingress qdisc with one direct-action filter, an eBPF program that answers TC_ACT_SHOT for
+        every frame. In __netif_receive_skb_core the ETH_P_ALL taps (packet sockets) see a frame before
+        the ingress hook, so a userspace stack's packet socket gets everything while the kernel's IP,
+        ARP and neighbour discovery get nothing: no RST, SYN-ACK, ARP reply or ICMP from it for the
+        addresses it still holds. Addresses, routes, neighbour entries and sysctls stay, so the helpers
+        above keep working (the stack mirrors them); egress is untouched (shaping holds the stack's frames).
+        This kernel has sch_ingress and cls_bpf but neither cls_matchall nor act_gact, hence BPF."""
+        fd = _bpf_prog_drop_all()
+        try:
+
+            def run(ipr):
+                ipr.tc("add", "ingress", index=self.ifindex, handle=INGRESS_HANDLE)
+                ipr.tc(
+                    "add-filter",
+                    "bpf",
+                    index=self.ifindex,
+                    handle=1,
+                    parent=INGRESS_HANDLE,
+                    fd=fd,
+                    name="tcc-deaf",
+                    direct_action=True,
+                )
+
+            self.netlink(run)
+        finally:
+            os.close(fd)  # the filter holds the program
+
+    def deafened(self) -> bool:
+        """Whether the veth has the ingress qdisc deafen() adds."""
+        return self.netlink(
+            lambda ipr: any(
+                q.get_attr("TCA_KIND") == "ingress" for q in ipr.get_qdiscs(index=self.ifindex, parent=INGRESS_HANDLE)
+            )
+        )
+
+    def packet_socket(self) -> socket.socket:
+        """An AF_PACKET socket (every protocol) bound to this host's veth: needs CAP_NET_RAW, the harness's."""
+
+        def run():
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            try:
+                s.bind((self.ifname, ETH_P_ALL))
+            except OSError:
+                s.close()
+                raise
+            return s
+
+        return self.call(run)
+
     def neighbour_probes(self, count: int, interval_ms: int) -> None:
         """Neighbour discovery (ARP and IPv6) on the veth gives up after count probes interval_ms apart."""
         self.sysctls(
@@ -517,6 +617,52 @@ class Host:
                 for key, value in (("mcast_solicit", count), ("app_solicit", 0), ("retrans_time_ms", interval_ms))
             }
         )
+
+
+ETH_P_ALL = 0x0003
+TC_ACT_SHOT = 2
+INGRESS_HANDLE = 0xFFFF0000  # the ingress qdisc's handle, ffff:
+SYS_BPF, BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS = 321, 5, 3  # x86_64
+
+
+class _BpfProgLoad(ctypes.Structure):
+    """The head of union bpf_attr for BPF_PROG_LOAD (linux/bpf.h), zero-padded."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("pad", ctypes.c_char * 64),
+    ]
+
+
+def _bpf_prog_drop_all() -> int:
+    """Load the eBPF SCHED_CLS program `r0 = TC_ACT_SHOT; exit` with bpf(2); its fd.
+
+    Written here because no library call fits: pyroute2 (0.9) attaches a tc `bpf` filter by the fd of a
+    loaded eBPF program but has no bpf(2) call to load one, and its classic-BPF form (TCA_BPF_OPS) is
+    typed as one uint32 instead of an array of sock_filter, so it cannot carry bytecode. The tc binary
+    would do it (`tc filter add dev IF ingress bpf da bytecode '1,6 0 0 2,'`) at the cost of a process."""
+    insns = (ctypes.c_uint64 * 2)(
+        0xB7 | (TC_ACT_SHOT << 32),  # BPF_ALU64 | BPF_MOV | BPF_K: r0 = TC_ACT_SHOT
+        0x95,  # BPF_JMP | BPF_EXIT
+    )
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _BpfProgLoad(
+        prog_type=BPF_PROG_TYPE_SCHED_CLS, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(license_)
+    )
+    _libc.syscall.restype = ctypes.c_long
+    fd = _libc.syscall(SYS_BPF, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf(BPF_PROG_LOAD): {os.strerror(err)}")
+    return int(fd)
 
 
 class Topology:

@@ -188,6 +188,41 @@ def test_protocol_md_lists_the_command_table():
         assert f"`{code}`" in text
 
 
+def test_protocol_md_lists_the_introspection_table():
+    """PROTOCOL.md's optional introspection table and protocol.INTROSPECTION say the same."""
+    text = (ROOT / "targets" / "PROTOCOL.md").read_text()
+    table = text[text.index("## Introspection (optional)") : text.index("`ROW` is")]
+    documented = {}
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            words = cells[0].strip("`").split()
+            documented[words[0]] = (words[1:], cells[2])
+    assert set(documented) == set(protocol.INTROSPECTION), "PROTOCOL.md's introspection table differs"
+    assert not set(protocol.INTROSPECTION) & set(protocol.COMMANDS)
+    for name, cmd in protocol.INTROSPECTION.items():
+        args, fields = documented[name]
+        assert args == list(cmd.args), f"{name}: PROTOCOL.md shows {args}, the table {cmd.usage()}"
+        for f in cmd.reply:
+            assert f"{f}=" in fields, f"{name}: PROTOCOL.md's reply fields lack {f}="
+
+
+def test_introspection_of_an_agent_that_says_so(net, agent, family):
+    """An agent whose ready line says introspect=1 answers every introspection command with the
+    table's fields, on stdin as on its state channel; the others need not (PROTOCOL.md)."""
+    if agent.info.get("introspect") != "1":
+        pytest.skip(f"{agent.name}: its sockets are the kernel's (no introspect=1)")
+    ls = agent.listener(net.target.addr(family), 5014)
+    for name, cmd in protocol.INTROSPECTION.items():
+        line = " ".join([name, *([net.peer.addr(family)] if cmd.args else [])])
+        reply = agent.call(line)
+        assert reply.ok and all(f in reply.fields for f in cmd.reply), reply
+    rows = net.target.stack.rows()
+    assert ("tcp", "LISTEN", net.target.addr(family), "5014") in [r[:4] for r in rows], rows
+    assert net.target.stack.neighbour_state(net.peer.addr(family)) == "PERMANENT"
+    agent.close(ls).check()
+
+
 @pytest.mark.parametrize(
     "ready,reason",
     [
@@ -310,12 +345,15 @@ def test_a_call_timeout_does_not_carry_over(net, agent, family, second):
     """MS applies to its own call only: after a recv (an accept) that timed out at 100 ms, a recv
     (an accept) with none or 2000 on the same handle waits for what comes 300 ms later."""
     lo = "127.0.0.1" if family == "v4" else "::1"
+    host = net.target
+    if net.target.stack is not None:  # a userspace stack's loopback is its own: come from the peer
+        lo, host = net.target.addr(family), net.peer
     ls = agent.listener(lo, 5012)
     t = agent.accept(ls, 0.1)
     assert t.errno == "timeout", f"accept with MS 100 on an empty queue must time out: {t}"
     pending = agent.do("accept", ls, timeout=second, later=True)
     time.sleep(0.3)
-    peer = net.target.socket(family)
+    peer = host.socket(family)
     try:
         peer.settimeout(2.0)
         peer.connect((lo, 5012))

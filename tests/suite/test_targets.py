@@ -10,9 +10,12 @@ from conformance.agent import Agent, AgentError
 from conformance.targets import (
     BUILTIN,
     DEBIAN_BASES,
+    LINKS,
+    OPT_IN,
     BuildError,
     builtin_targets,
     find_tool,
+    load_target_file,
     parse_add_target,
     select_targets,
 )
@@ -31,8 +34,34 @@ def test_a_builtin_target_record_owns_its_build_and_its_image():
     for name, target in builtin_targets().items():
         assert target.name == name and target.builtin
         assert bool(target.build) != bool(target.command), f"{name}: a command or a build, not both"
+        assert target.link in LINKS
+        if target.link == "packet":  # a userspace stack: the Docker runner cannot pass it the packet socket
+            assert target.image is None and not target.default, f"{name}: an image it could not run in"
+            continue
         assert target.image is not None, f"{name}: no image recipe for --runner docker"
         assert target.image.base in ("scratch", *DEBIAN_BASES) and target.image.entrypoint
+
+
+def test_opt_in_builtins_run_when_named():
+    """A built-in with default=False (netstack: minutes to build cold) is not in the default selection
+    but is one --targets can name, and --add-target cannot take its name."""
+    assert OPT_IN and not set(OPT_IN) & set(BUILTIN)
+    assert set(builtin_targets()) == {*BUILTIN, *OPT_IN}
+    for name in OPT_IN:
+        assert list(select_targets(name, [])) == [name]
+        with pytest.raises(ValueError, match="built-in target name"):
+            select_targets(None, [f"{name}=/bin/true"])
+
+
+def test_target_file_link(tmp_path):
+    """`link = "packet"` in a target file makes a userspace-stack target; anything but kernel/packet is refused."""
+    path = tmp_path / "t.toml"
+    path.write_text('[[target]]\nname = "stack"\ncommand = "/opt/stack"\nlink = "packet"\n')
+    (t,) = load_target_file(str(path))
+    assert t.link == "packet"
+    path.write_text('[[target]]\nname = "stack"\ncommand = "/opt/stack"\nlink = "raw"\n')
+    with pytest.raises(ValueError, match="`link` must be one of kernel, packet"):
+        load_target_file(str(path))
 
 
 def test_added_target_without_image_recipe_cannot_run_in_docker():
