@@ -52,7 +52,7 @@ class StackView:
         return dict(w.split("=", 1) for w in words[2:] if "=" in w)
 
     def rows(self) -> list[tuple[str, ...]]:
-        """PROTO/STATE/SRC/SPORT/DST/DPORT/RQ/WQ/SHUT rows of `sockets`."""
+        """PROTO/STATE/SRC/SPORT/DST/DPORT/RQ/WQ/SHUT/RTO rows of `sockets`."""
         text = self.ask("sockets").get("rows", "-")
         return [tuple(r.split("/")) for r in text.split("~")] if text != "-" else []
 
@@ -69,6 +69,16 @@ class StackView:
             owned = shut != "closed"  # no handle holds it: queued for accept, or an orphan
             out.append(SockInfo(st, src, int(sport), dst, int(dport), int(rq), int(wq), fam, p, owned=owned))
         return out
+
+    def rto_ms(self, match: dict) -> int | None:
+        """The RTO column (ms) of the first TCP row whose fields equal every item of match; None if none
+        matches or the stack cannot tell (-1, or a row without the column)."""
+        for p, _st, src, sport, dst, dport, *rest in self.rows():
+            fields = {"src": src, "sport": int(sport), "dst": dst, "dport": int(dport)}
+            if p == "tcp" and all(fields.get(k, v) == v for k, v in match.items()):
+                rto = int(rest[3]) if len(rest) > 3 else -1
+                return rto if rto >= 0 else None
+        return None
 
     def shut(self, addr: str, port: int, remote_port: int) -> str | None:
         """The SHUT column of the TCP row with that local address and port and remote port."""

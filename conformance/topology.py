@@ -517,7 +517,10 @@ class Host:
 
     def rto_ms(self, **match) -> int | None:
         """The retransmission timeout in force (tcp_info's tcpi_rto, in ms, as `ss -i` shows it) of the
-        first TCP socket whose fields equal every keyword (see sockets()); None if there is none."""
+        first TCP socket whose fields equal every keyword (see sockets()); None if there is none. From a
+        userspace stack (self.stack): the RTO its own table reports."""
+        if self.stack is not None:
+            return self.stack.rto_ms(match)
 
         def run():
             with DiagSocket() as ds:

@@ -31,6 +31,9 @@ type mirrorState struct {
 	watch     int                          // a NETLINK_ROUTE socket subscribed to address, route and neighbour changes; -1: none
 	synced    bool                         // the tables were dumped, and no change was announced since
 	routes    string                       // the route table last set, as text
+	rtoRoute  time.Duration                // the largest locked rto_min metric on a route through the NIC; 0: none
+	rtoSysctl time.Duration                // net.ipv4.tcp_rto_min_us; 0: this kernel has none
+	rtoSet    time.Duration                // the stack's minimum RTO last set
 	neighbors map[string]tcpip.LinkAddress // static entries this agent added: "proto|addr"
 	sysctls   map[string]string
 	files     map[string]*os.File // the sysctl files, open            // values last applied
@@ -45,6 +48,9 @@ const (
 	ndaDst       = 1
 	ndaLLAddr    = 2
 	rtaTable     = 15
+	rtaMetrics   = 8  // RTA_METRICS: nested RTAX_* attributes
+	rtaxLock     = 1  // RTAX_LOCK: a bit per metric the route locks
+	rtaxRTOMin   = 13 // RTAX_RTO_MIN, in ms; the kernel uses it only when locked
 )
 
 func (a *agent) mirror() {
@@ -173,8 +179,61 @@ func (n *netstack) mirrorAddresses() error {
 	return nil
 }
 
+// lockedRTOMin reads a route's RTA_METRICS: its RTAX_RTO_MIN when RTAX_LOCK
+// locks it (as `ip route ... rto_min 3s` sets it), else 0.
+func lockedRTOMin(metrics []byte) time.Duration {
+	var lock, rto uint32
+	for len(metrics) >= 4 {
+		l := int(binary.NativeEndian.Uint16(metrics[0:2]))
+		typ := binary.NativeEndian.Uint16(metrics[2:4]) & 0x3fff
+		if l < 4 || l > len(metrics) {
+			break
+		}
+		if l >= 8 {
+			v := binary.NativeEndian.Uint32(metrics[4:8])
+			switch typ {
+			case rtaxLock:
+				lock = v
+			case rtaxRTOMin:
+				rto = v
+			}
+		}
+		metrics = metrics[min((l+3)&^3, len(metrics)):]
+	}
+	if lock&(1<<rtaxRTOMin) == 0 {
+		return 0
+	}
+	return time.Duration(rto) * time.Millisecond
+}
+
+// applyMinRTO sets the stack's minimum RTO as the kernel would pick it for a
+// connection through the NIC: a locked rto_min metric on its route wins over
+// the sysctl tcp_rto_min_us, which wins over the default. The stack has one
+// value for every connection (read when a connection's sender is made, as the
+// kernel reads the route at connect/accept): the largest locked metric of the
+// NIC's routes stands for all of them.
+func (n *netstack) applyMinRTO() error {
+	rto := tcp.MinRTO
+	switch {
+	case n.mirror.rtoRoute > 0:
+		rto = n.mirror.rtoRoute
+	case n.mirror.rtoSysctl > 0:
+		rto = n.mirror.rtoSysctl
+	}
+	if rto == n.mirror.rtoSet {
+		return nil
+	}
+	opt := tcpip.TCPMinRTOOption(rto)
+	if terr := n.s.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); terr != nil {
+		return fmt.Errorf("minimum RTO %v: %v", rto, terr)
+	}
+	n.mirror.rtoSet = rto
+	return nil
+}
+
 func (n *netstack) mirrorRoutes() error {
 	var table []tcpip.Route
+	var rtoRoute time.Duration
 	for _, family := range []int{syscall.AF_INET, syscall.AF_INET6} {
 		msgs, err := rib(syscall.RTM_GETROUTE, family)
 		if err != nil {
@@ -190,7 +249,7 @@ func (n *netstack) mirrorRoutes() error {
 				return err
 			}
 			tableID := uint32(rt.Table)
-			var dst, gw []byte
+			var dst, gw, metrics []byte
 			oif := 0
 			for _, at := range attrs {
 				switch at.Attr.Type {
@@ -202,6 +261,8 @@ func (n *netstack) mirrorRoutes() error {
 					oif = int(binary.NativeEndian.Uint32(at.Value))
 				case rtaTable:
 					tableID = binary.NativeEndian.Uint32(at.Value)
+				case rtaMetrics:
+					metrics = at.Value
 				}
 			}
 			// Routes of other types (unreachable, prohibit, blackhole) have no
@@ -226,6 +287,15 @@ func (n *netstack) mirrorRoutes() error {
 				r.Gateway = tcpip.AddrFromSlice(gw)
 			}
 			table = append(table, r)
+			if rto := lockedRTOMin(metrics); rto > rtoRoute {
+				rtoRoute = rto
+			}
+		}
+	}
+	if rtoRoute != n.mirror.rtoRoute {
+		n.mirror.rtoRoute = rtoRoute
+		if err := n.applyMinRTO(); err != nil {
+			return err
 		}
 	}
 	table = append(table, loopbackRoutes...)
@@ -362,9 +432,9 @@ func (n *netstack) mirrorSysctls(ifname string) error {
 		if us, err := strconv.Atoi(v); err != nil {
 			fail("tcp_rto_min_us", v, err)
 		} else {
-			opt := tcpip.TCPMinRTOOption(time.Duration(us) * time.Microsecond)
-			if terr := n.s.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); terr != nil {
-				fail("tcp_rto_min_us", v, terr)
+			n.mirror.rtoSysctl = time.Duration(us) * time.Microsecond
+			if err := n.applyMinRTO(); err != nil {
+				fail("tcp_rto_min_us", v, err)
 			}
 		}
 	}

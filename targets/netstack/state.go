@@ -117,6 +117,7 @@ type row struct {
 	dport        int
 	rq, wq       int
 	shut         string // none, rd, wr, rdwr; closed: held by no handle (the kernel's orphan)
+	rto          int    // ms: the retransmission timeout in force (tcp_info's rto); -1: none (UDP, no sender)
 }
 
 func (a *agent) rows() []row {
@@ -142,7 +143,7 @@ func (a *agent) rows() []row {
 		}
 		v6 := info.NetProto == ipv6.ProtocolNumber
 		r := row{src: addrText(info.ID.LocalAddress, v6), sport: int(info.ID.LocalPort),
-			dst: addrText(info.ID.RemoteAddress, v6), dport: int(info.ID.RemotePort), shut: "closed"}
+			dst: addrText(info.ID.RemoteAddress, v6), dport: int(info.ID.RemotePort), shut: "closed", rto: -1}
 		switch e := ep.(type) {
 		case *tcp.Endpoint:
 			r.proto = "tcp"
@@ -158,6 +159,10 @@ func (a *agent) rows() []row {
 			} else {
 				r.rq, _ = e.GetSockOptInt(tcpip.ReceiveQueueSizeOption)
 				r.wq = peekOr(e, "sndQueueInfo.SndBufUsed")
+				var ti tcpip.TCPInfoOption
+				if e.GetSockOpt(&ti) == nil && ti.RTO > 0 {
+					r.rto = int(ti.RTO.Milliseconds())
+				}
 			}
 			if held[ep] {
 				// The kernel's sk_shutdown: the socket's own shutdown(), and RCV_SHUTDOWN once a FIN came.
@@ -195,7 +200,7 @@ func (a *agent) opSockets(args []string) ([]field, error) {
 	rows := a.rows()
 	text := make([]string, len(rows))
 	for i, r := range rows {
-		text[i] = fmt.Sprintf("%s/%s/%s/%d/%s/%d/%d/%d/%s", r.proto, r.state, r.src, r.sport, r.dst, r.dport, r.rq, r.wq, r.shut)
+		text[i] = fmt.Sprintf("%s/%s/%s/%d/%s/%d/%d/%d/%s/%d", r.proto, r.state, r.src, r.sport, r.dst, r.dport, r.rq, r.wq, r.shut, r.rto)
 	}
 	joined := strings.Join(text, "~")
 	if joined == "" {
