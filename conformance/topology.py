@@ -593,7 +593,8 @@ class Host:
         """Whether the veth has the ingress qdisc deafen() adds."""
         return self.netlink(
             lambda ipr: any(
-                q.get_attr("TCA_KIND") == "ingress" for q in ipr.get_qdiscs(index=self.ifindex, parent=INGRESS_HANDLE)
+                q.get_attr("TCA_KIND") == "ingress" and q["handle"] == INGRESS_HANDLE
+                for q in ipr.get_qdiscs(index=self.ifindex)
             )
         )
 
