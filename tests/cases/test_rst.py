@@ -116,6 +116,7 @@ def test_rst_unread_data(net, agent, family, record):
     c = net.target_server(agent, family)
     c.sock.sendall(DATA)
     data = net.wire.expect(tcp(**c.peer.match, has="P"), "the peer's data")
+
     # The program never calls recv(): the data waits in the Recv-Q, where the runtime leaves it too
     # (an event loop that reads on its own would not).
     def waiting():

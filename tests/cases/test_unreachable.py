@@ -50,7 +50,8 @@ OUT_NO_ROUTES = {"v4": "Ip.OutNoRoutes", "v6": "Ip6.OutNoRoutes"}
 # Tolerances (ms), scaled by the run's timing slack:
 CLOCK_MS = 2.0  # the capture's and the agent's clocks: connect() may look this much shorter than the wire
 ICMP_LATE_MS = 500.0  # connect() ended by an ICMP returns within this of it
-AT_ONCE_MS = 100.0  # a failure with no route is this fast
+AT_ONCE_MS = 300.0  # a failure with no route is this fast: far short of any timer (the 1 s SYN retransmission);
+# Node under load took up to 170 ms (its event loop starved), C and Python under 1 ms
 PROBE_EARLY_MS = 20.0  # the target's probes may finish this much before PROBES x PROBE_MS
 PROBES_LATE_MS = 1000.0  # connect() ended by failed neighbour discovery returns within this
 
