@@ -218,6 +218,13 @@ def java_launch(jar: Path) -> list[str]:
     return [find_tool("java", "default-jre-headless"), *JAVA_FLAGS, "-cp", str(jar), "Agent"]
 
 
+NODE_AGENT = TARGETS_DIR / "node" / "agent.js"
+
+
+def node_launch(script: Path) -> list[str]:
+    return [find_tool("node", "nodejs"), str(script)]
+
+
 # Image bases made locally from Debian (debootstrap, docker import; conformance/docker_runner.py): the
 # runtime package each carries. "scratch" is the other base: an empty image for a static binary.
 DEBIAN_BASES = {"debian-python": "python3", "debian-java": "openjdk-17-jre-headless", "debian-node": "nodejs"}
@@ -307,6 +314,14 @@ def builtin_targets() -> dict[str, Target]:
                 lambda: {"agent.jar": (build_java(), 0o644)},
                 ("java", *JAVA_FLAGS, "-cp", "/agent.jar", "Agent"),
             ),
+        ),
+        # Node's defaults kept (allowHalfOpen: false, backlog 511); nothing to build: the script runs as it is.
+        Target(
+            "node",
+            build=lambda: NODE_AGENT,
+            launch=node_launch,
+            variant="Node defaults (allowHalfOpen: false, backlog 511)",
+            image=ImageRecipe("debian-node", lambda: {"agent.js": (NODE_AGENT, 0o644)}, ("node", "/agent.js")),
         ),
         # gVisor's netstack: not in the default selection (cold build ~3 min, a 100 MB module); no
         # container image (the Docker runner cannot hand it the packet socket yet).
