@@ -179,6 +179,37 @@ def test_deviation_is_named(tmp_path, mode, case, message):
     assert message in first, f"{case} on {mode} must fail first saying {message!r}, said: {first}\n{output}"
 
 
+# A deviant netstack: the built-in netstack agent behind fixtures/deviants/netstack_wrapper.py, which
+# changes one operation; a target file with link = "packet" runs it as a userspace stack.
+NETSTACK_DEVIATIONS = [
+    # mode, the case that must fail, the control case that must pass
+    ("linger-close", "time_wait_by_target", "refused"),
+    ("fake-refused", "handshake_as_client", "handshake"),
+]
+
+
+@pytest.mark.parametrize("mode,case,control", NETSTACK_DEVIATIONS, ids=[f"{d[0]}-{d[1]}" for d in NETSTACK_DEVIATIONS])
+def test_case_fails_on_deviant_netstack(tmp_path, mode, case, control):
+    from conformance.targets import builtin_targets
+
+    (agent,) = builtin_targets()["netstack"].argv()  # built (cached) as for the built-in target
+    wrapper = ROOT / "fixtures" / "deviants" / "netstack_wrapper.py"
+    target_file = tmp_path / "deviant.toml"
+    command = [sys.executable, "-I", "-S", str(wrapper), "--mode", mode, agent]
+    target_file.write_text(f'[[target]]\nname = "deviant"\ncommand = {command!r}\nlink = "packet"\n'.replace("'", '"'))
+    checked_id, control_id = node(case), node(control)
+    code, outcomes, output = run_suite(
+        tmp_path, checked_id, control_id, "--targets", "deviant", "--target-file", str(target_file), "--families", "v4"
+    )
+    checked = outcomes.get(checked_id.split("::")[1])
+    controlled = outcomes.get(control_id.split("::")[1])
+    assert checked == "failed", f"{case} did not fail on the {mode} netstack deviant: {checked}\n{output}"
+    assert controlled == "passed", (
+        f"the control {control} must pass on the {mode} netstack deviant: {controlled}\n{output}"
+    )
+    assert "evidence_source" in (tmp_path / "junit.xml").read_text(), "the deviant's evidence is not the stack's"
+
+
 def test_every_case_has_a_deviation():
     """A new case without a deviant that makes it fail is a case nobody has seen fail."""
     cases = set(case_ids())
