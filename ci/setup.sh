@@ -69,6 +69,7 @@ fi
 # (the builds themselves run offline).
 GO=$(command -v go || echo /usr/local/go/bin/go)
 (cd targets/go && "$GO" mod download)
+(cd targets/netstack && "$GO" mod download)  # gVisor's netstack (about 110 MB): the netstack agent
 CARGO=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
 PATH="$(dirname "$CARGO"):$PATH" "$CARGO" fetch --locked --manifest-path targets/rust/Cargo.toml -q
 echo "setup: ok"
