@@ -26,7 +26,7 @@ from .helpers import ROOT, run_suite
 def test_default_targets_are_the_builtins():
     # What is built in, stated once: everything else (the CLI default, the CI matrix, the
     # Docker images) derives from the records of conformance/targets.py.
-    assert BUILTIN == ("python", "c", "go", "rust", "java")
+    assert BUILTIN == ("python", "c", "go", "rust", "java", "node")
     assert list(select_targets(None, [])) == list(BUILTIN)
 
 
