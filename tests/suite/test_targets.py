@@ -236,6 +236,18 @@ def test_readme_test_command_is_what_ci_runs():
     assert command in readme, f"README.md must show the command .ci/run runs: {command}"
 
 
+def test_opt_in_builtins_are_run_by_ci_and_shown_in_the_readme():
+    """A built-in outside the default selection still gets its catalogue column in CI, and the README
+    says how to run it."""
+    readme = (ROOT / "README.md").read_text()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    for name in OPT_IN:
+        assert any(line.startswith("python3 -m pytest tests/cases") and f"--targets {name}" in line for line in ci), (
+            f".ci/run does not run {name}'s catalogue"
+        )
+        assert f"python3 -m pytest tests/cases --targets {name}" in readme, f"README.md does not show how to run {name}"
+
+
 def test_a_target_defined_in_a_file_runs_and_is_recorded(tmp_path):
     """A target file gives name, command (relative files from its folder), variant and a build step;
     the results record every target's command and variant."""
