@@ -2,7 +2,8 @@
 # Install what the suite needs, only what is missing (idempotent). Run as root.
 #   system: iproute2 (ip netns exec), util-linux (setpriv, unshare), gcc + libc headers (C agent,
 #           static), Go, a JDK (Java agent), Node.js (Node agent), Rust (Rust agent: cargo fetches its
-#           crates once), chromium (renders the --html page in a test)
+#           crates once), chromium (renders the --html page in a test), user-mode-linux and kmod
+#           (Linux 6.1 as a process: .ci/run's kernel comparison)
 #   python: the dependencies listed in pyproject.toml
 # It knows Debian (12 and later) and Ubuntu (22.04 and later, as on GitHub's runners, which already
 # carry a JDK, Node, Rust and Chrome): it checks for each tool first and installs only what is missing,
@@ -33,6 +34,10 @@ have go /usr/local/go/bin/go || need_apt+=(golang-go)
 have javac /usr/bin/javac || need_apt+=(default-jdk-headless)
 have node /usr/bin/node || need_apt+=(nodejs)
 have cargo "$HOME/.cargo/bin/cargo" || need_apt+=(cargo)
+# .ci/run compares the host's kernel with Linux 6.1 run by user-mode-linux (ci/kernel-matrix.sh); kmod
+# gives the guest modprobe (and depmod, for the kernels `python3 -m conformance kernel` fetches).
+have linux.uml /usr/bin/linux.uml || need_apt+=(user-mode-linux)
+have depmod /sbin/depmod || need_apt+=(kmod)
 if ! have chromium /usr/bin/chromium && ! have google-chrome /usr/bin/google-chrome; then
   # Debian ships chromium as a package; on Ubuntu it is a snap (the runners carry google-chrome).
   [ "$distro" = debian ] && need_apt+=(chromium)

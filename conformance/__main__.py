@@ -1,5 +1,5 @@
-"""Command line: python -m conformance compare A.json B.json [--exit-zero] | check-target -- COMMAND...
-| kernel VERSION -- PYTEST ARGS... | kernel --list"""
+"""Command line: python -m conformance compare A.json B.json [--exit-zero] [--declared FILE]
+| check-target -- COMMAND... | kernel VERSION -- PYTEST ARGS... | kernel --list"""
 
 import argparse
 import sys
@@ -24,6 +24,12 @@ def main(argv=None) -> int:
     cmp.add_argument("a", help="results JSON of run A")
     cmp.add_argument("b", help="results JSON of run B")
     cmp.add_argument("--exit-zero", action="store_true", help="only report: exit 0 even when the runs differ")
+    cmp.add_argument(
+        "--declared",
+        metavar="FILE",
+        help="a file of declared kernel differences (kernel-differences.toml): exit 1 only on a difference "
+        "it does not declare, or on one it declares that is gone",
+    )
     chk = sub.add_parser(
         "check-target",
         help="run the protocol self-tests on an agent that is not built in",
@@ -61,7 +67,7 @@ def main(argv=None) -> int:
 
         return check_target.main(args.agent[1:] if args.agent[:1] == ["--"] else args.agent)
     try:
-        return compare.main(args.a, args.b, args.exit_zero)
+        return compare.main(args.a, args.b, args.exit_zero, declared=args.declared)
     except (OSError, ValueError) as e:
         print(f"python -m conformance compare: {e}", file=sys.stderr)
         return 2

@@ -77,3 +77,49 @@ def test_github_matrix_targets_come_from_the_target_records(tmp_path):
     )
     written = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert json.loads(written[key]) == list(BUILTIN)
+
+
+FIVE = "test_handshake or test_refused or test_timedout or test_queue_full or test_time_wait"
+
+
+def test_ci_compares_the_five_behaviours_under_another_kernel():
+    """.ci/run runs the README's command, then the five behaviours on the host and under Linux 6.1 by
+    user-mode-linux (which setup installs), compared with the declared kernel differences; the GitHub
+    workflow does the same for 6.1 and 6.12 booted by KVM."""
+    run = (ROOT / ".ci" / "run").read_text()
+    lines = [line.strip() for line in run.splitlines()]
+    main = lines.index("bash ci/setup.sh && python3 -m pytest -n 8")
+    kernel = next(i for i, line in enumerate(lines) if line.startswith("KERNEL_RUNS="))
+    assert main < kernel, "the kernel step comes after the main test command"
+    assert lines[kernel].startswith('KERNEL_RUNS="6.1:uml" DECLARED=kernel-differences.toml bash ci/kernel-matrix.sh')
+    matrix = (ROOT / "ci" / "kernel-matrix.sh").read_text()
+    assert f'sel="{FIVE}"' in matrix and '-k "$sel" --families v4' in matrix
+    assert '--declared "$declared"' in matrix
+    assert (ROOT / "kernel-differences.toml").exists()
+    setup = (ROOT / "ci" / "setup.sh").read_text()
+    assert "need_apt+=(user-mode-linux)" in setup and "need_apt+=(kmod)" in setup
+    job = yaml.safe_load((ROOT / "ci" / "github-actions.yml").read_text())["jobs"]["kernels"]
+    assert set(job["strategy"]["matrix"]["kernel"]) >= {"6.1", "6.12"}
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert any("ci/setup.sh" in r for r in runs)
+    step = next(r for r in runs if "kernel-matrix.sh" in r)
+    assert step.startswith("sudo") and "KERNEL_RUNS=${{ matrix.kernel }}:kvm" in step
+    assert "DECLARED=kernel-differences.toml" in step
+    uploads = [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
+    assert uploads and uploads[0].get("if") == "always()"
+
+
+def test_kernel_matrix_fails_on_a_failed_run_and_says_so(tmp_path):
+    """With DECLARED, ci/kernel-matrix.sh is a check: a run that fails (here pytest collects nothing: exit 5)
+    fails it, with what failed named; without DECLARED it only reports."""
+    fake = tmp_path / "python3"
+    fake.write_text('#!/bin/sh\n[ "$1" = -m ] && [ "$2" = pytest ] && { echo "no tests ran"; exit 5; }\nexit 0\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), KERNEL_RUNS="", DECLARED="kernel-differences.toml")
+    script = str(ROOT / "ci" / "kernel-matrix.sh")
+    out = subprocess.run(["bash", script, str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "kernel-matrix: FAILED: host (exit 5)" in out.stderr
+    env.pop("DECLARED")
+    out = subprocess.run(["bash", script, str(tmp_path / "p")], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
