@@ -108,3 +108,30 @@ def test_a_packet_target_starts_deafened_with_its_own_tables():
             "the kernel has a socket of its own in the target namespace"
         )
         agent.close(ls).check()
+
+
+def test_matrix_and_html_show_the_evidence_source_of_a_column_without_the_kernel():
+    from conformance import html, matrix, results
+
+    source = "target: socket states, queues, counters and neighbours from its stack's own tables"
+    base = {"verdict": "pass", "reason": "", "key": "ok", "detail": "", "runtime": "", "pcap": None}
+    records = [
+        {**base, "id": "a", "case": "refused v4", "target": "python", "observed": {}},
+        {**base, "id": "b", "case": "refused v4", "target": "netstack", "observed": {"evidence_source": source}},
+    ]
+    for r in records:
+        r.update(test="test_refused", family="v4", duration_s=0.0, evidence={})
+    text = matrix.render(records, ["python", "netstack"])
+    assert "netstack*" in text and "python*" not in text
+    assert "*netstack: socket states, queues, counters and neighbours from its stack's own tables" in text
+    doc = results.document(
+        records,
+        profile="linux-default",
+        sysctls={},
+        kernel="6.18",
+        kernel_version="6.18",
+        targets=["python", "netstack"],
+    )
+    assert doc["targets"]["netstack"]["evidence_source"] == source and "evidence_source" not in doc["targets"]["python"]
+    page = html.render(doc)
+    assert page.count("evidence: socket states, queues, counters and neighbours") == 1
