@@ -931,7 +931,7 @@ def _prebuild(args: list[str]) -> None:
         elif a.startswith("--targets="):
             selected = set(a.partition("=")[2].split(","))
     for target in targets.builtin_targets().values():
-        if target.build is not None and (selected is None or target.name in selected):
+        if target.build is not None and (target.name in selected if selected is not None else target.default):
             try:
                 target.build()
             except Exception:  # the guest's run says why, in its matrix
