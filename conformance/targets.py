@@ -275,11 +275,16 @@ class Target:
     # answers the protocol's introspection commands (targets/PROTOCOL.md) for its socket tables.
     link: str = "kernel"
     default: bool = True  # in the default selection (a built-in with False runs when --targets names it)
+    # The built agent's argv, once per process: finding the build in the cache asks the compiler for
+    # its version (the content key), and `javac -version` alone costs a JVM start, 0.3 s of CPU.
+    _built: list[str] | None = field(default=None, repr=False, compare=False)
 
     def argv(self) -> list[str]:
         if self.build is not None:
-            built = self.build()
-            return self.launch(built) if self.launch else [str(built)]
+            if self._built is None:
+                built = self.build()
+                self._built = self.launch(built) if self.launch else [str(built)]
+            return list(self._built)
         if self.folder is not None:  # a target file's command: relative files are from its folder
             return [
                 str(self.folder / a) if not os.path.isabs(a) and (self.folder / a).exists() else a for a in self.command

@@ -30,7 +30,8 @@ HOLD = 0.7  # s: how long the peer's next packet waits in its egress (a loaded m
 ACCEPT_TIMEOUT = 0.3  # s
 # Tolerances (ms), scaled by the run's timing slack:
 EARLY_MS = 2.0  # the capture's and the agent's clocks: a call may look this much shorter than the wire
-LATE_MS = 100.0  # a blocked call wakes and replies within this (scheduling, the agent's own work)
+LATE_MS = 400.0  # a blocked call wakes and replies within this (scheduling, the agent's own work: Node's
+# event loop took up to 190 ms on a machine loaded 5-fold)
 REPORT_MS = 1.0  # the agent's own measure of a call may exceed the harness's by this much
 
 
