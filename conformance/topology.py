@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pyroute2 import DiagSocket, IPRoute, NetlinkError, netns
@@ -64,6 +65,7 @@ NUD_STATES = {
 }
 
 ALL_STATES = 0xFFF  # every real TCP state (1 << 0 .. 1 << 11)
+STATE_NUMBERS = {name: number for number, name in TCP_STATES.items()}
 TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
 INET_DIAG_INFO = 2  # sock_diag extension: struct tcp_info
 RT_TABLE_MAIN = 254
@@ -128,8 +130,27 @@ def _in_thread(name: str, fn):
     return box["value"]
 
 
+# One long-lived thread per namespace of ours, which entered it once (a ThreadPoolExecutor of one
+# worker): a case makes a few dozen calls into each namespace, and a fresh thread doing setns() for
+# each cost about 8 ms of CPU a call, most of a case's CPU (measured: 26 threads a case).
+_ns_threads: dict[str, ThreadPoolExecutor] = {}
+_ns_threads_lock = threading.Lock()
+_inside = threading.local()  # .ns: the namespace the current thread has entered, if it is one of those
+
+
+def _run_inside(ns: str, fn, args, kwargs):
+    if getattr(_inside, "ns", None) != ns:
+        fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
+        try:
+            netns.setns(fd, flags=0, fork=False)
+        finally:
+            os.close(fd)
+        _inside.ns = ns
+    return fn(*args, **kwargs)
+
+
 def in_netns(ns: str, fn, *args, **kwargs):
-    """Run fn in a short-lived thread that has entered namespace ns.
+    """Run fn in this process's thread that lives in namespace ns (made, and entered, on first use).
 
     Written here because no library call fits: setns() for a network
     namespace changes only the calling thread, so a thread of our own can
@@ -137,17 +158,44 @@ def in_netns(ns: str, fn, *args, **kwargs):
     /proc/thread-self/net/* and write /proc/sys/net/* there, while the rest of
     the process stays in the host namespace. pyroute2's netns.create_socket
     forks per socket and its ChildProcess caps results at 1 KiB.
+    Calls into one namespace run one at a time; a call made from that thread runs at once.
+    leave_netns(ns) ends the thread: a namespace lives on while any thread is inside it.
     """
-
-    def run():
-        fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
-        try:
-            netns.setns(fd, flags=0, fork=False)
-        finally:
-            os.close(fd)
+    if getattr(_inside, "ns", None) == ns:
         return fn(*args, **kwargs)
+    with _ns_threads_lock:
+        pool = _ns_threads.get(ns)
+        if pool is None:
+            pool = _ns_threads[ns] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netns-{ns}")
+    return pool.submit(_run_inside, ns, fn, args, kwargs).result()
 
-    return _in_thread(f"netns-{ns}", run)
+
+def leave_netns(ns: str) -> None:
+    """End the thread of ours inside ns (before the namespace is removed: it would keep it alive)."""
+    with _ns_threads_lock:
+        pool = _ns_threads.pop(ns, None)
+    if pool is not None:
+        pool.submit(_close_diag_socket).result()
+        pool.shutdown(wait=True)
+
+
+def diag_socket() -> DiagSocket:
+    """The sock_diag socket of the namespace thread calling it, opened and bound once: a case asks a
+    namespace's socket table hundreds of times (every wait polls it), and a new one each time cost
+    about 2 ms of CPU. pyroute2's netlink sockets are thread-local, as the thread is."""
+    ds = getattr(_inside, "diag", None)
+    if ds is None:
+        ds = DiagSocket()
+        ds.bind()
+        _inside.diag = ds
+    return ds
+
+
+def _close_diag_socket() -> None:
+    ds = getattr(_inside, "diag", None)
+    if ds is not None:
+        _inside.diag = None
+        ds.close()
 
 
 def create_netns(name: str) -> None:
@@ -361,28 +409,28 @@ class Host:
             return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
         fams = [FAMILIES[family]] if family else [socket.AF_INET, socket.AF_INET6]
         states = ALL_STATES | (1 << TCP_BOUND_INACTIVE if bound else 0)
+        if state in STATE_NUMBERS:  # the kernel dumps only that state's sockets: less to parse
+            states = 1 << STATE_NUMBERS[state] | (1 << TCP_BOUND_INACTIVE if bound else 0)
 
         def run():
             rows = []
-            # pyroute2 netlink sockets are thread-local: create, use and close here.
-            with DiagSocket() as ds:
-                ds.bind()
-                for fam in fams:
-                    for m in ds.get_sock_stats(family=fam, protocol=PROTOS[proto], states=states):
-                        rows.append(
-                            SockInfo(
-                                state=TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
-                                src=m["idiag_src"],
-                                sport=m["idiag_sport"],
-                                dst=m["idiag_dst"],
-                                dport=m["idiag_dport"],
-                                rqueue=m["idiag_rqueue"],
-                                wqueue=m["idiag_wqueue"],
-                                family=fam,
-                                proto=proto,
-                                owned=m["idiag_inode"] != 0,
-                            )
+            ds = diag_socket()
+            for fam in fams:
+                for m in ds.get_sock_stats(family=fam, protocol=PROTOS[proto], states=states):
+                    rows.append(
+                        SockInfo(
+                            state=TCP_STATES.get(m["idiag_state"], str(m["idiag_state"])),
+                            src=m["idiag_src"],
+                            sport=m["idiag_sport"],
+                            dst=m["idiag_dst"],
+                            dport=m["idiag_dport"],
+                            rqueue=m["idiag_rqueue"],
+                            wqueue=m["idiag_wqueue"],
+                            family=fam,
+                            proto=proto,
+                            owned=m["idiag_inode"] != 0,
                         )
+                    )
             return rows
 
         return [r for r in self.call(run) if all(getattr(r, k) == v for k, v in match.items())]
@@ -789,6 +837,7 @@ class Topology:
     def close(self):
         for ns in reversed(self.created):
             end_processes_in(ns)
+            leave_netns(ns)
             try:
                 netns.remove(ns)
             except OSError:
