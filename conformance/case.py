@@ -23,7 +23,7 @@ from .agent import Agent, AgentError
 from .capture import Capture
 from .stack import StackView
 from .targets import Target
-from .timing import WAIT, slack
+from .timing import RUNTIME_GRACE, WAIT, holds, slack
 from .topology import ALL_STATES, Host, Topology, new_base
 
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
@@ -54,6 +54,11 @@ class End:
 
     def wait_gone(self, timeout: float = WAIT) -> bool:
         return self.host.wait_gone(timeout, **self.match)
+
+    def stays(self, state: str, duration: float = 2 * RUNTIME_GRACE) -> bool:
+        """Whether this end's socket stays in `state` for `duration` (scaled): what its program has not
+        changed, its runtime must not change either (an event loop that answers a FIN with its own)."""
+        return holds(lambda: self.sockets(state), duration)
 
 
 @dataclass

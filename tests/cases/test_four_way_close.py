@@ -126,6 +126,9 @@ def test_four_way_close(net, agent, family, side, record):
     assert_fin(net.wire, active, "close()")
     assert fin_wait1_seen, f"the {first}'s close() did not leave it in FIN_WAIT1 (its FIN awaiting the {second}'s ACK)"
     assert passive.wait_state("CLOSE_WAIT"), f"the {second} did not enter CLOSE_WAIT on the {first}'s FIN"
+    assert passive.stays("CLOSE_WAIT"), (
+        f"the {second} left CLOSE_WAIT before its program closed: its runtime answered the {first}'s FIN itself"
+    )
     got = recv_outcome(c, second)
     record(f"{second}_recv_after_fin", got)
     assert got == "EOF", f"the {second}'s recv() after the {first}'s FIN must return 0 (end of file), got {got}"
@@ -170,6 +173,11 @@ def half_close(net, c, closer: str, data: bytes, record):
     # socket shut down for sending only, before anything depends on it.
     shutdown_wr(c, closer)
     assert_fin(net.wire, closing, "shutdown(SHUT_WR)")
+    # The other side: CLOSE_WAIT, and it stays there (its program has not closed).
+    assert sending.wait_state("CLOSE_WAIT"), f"the {other} did not enter CLOSE_WAIT on the {closer}'s FIN"
+    assert sending.stays("CLOSE_WAIT"), (
+        f"the {other} left CLOSE_WAIT before its program closed: its runtime answered the {closer}'s FIN itself"
+    )
     shut = shut_down(closing)
     record(f"{closer}_shut_down", shut)
     assert shut == "wr", f"the {closer}'s shutdown(SHUT_WR) " + {
@@ -179,7 +187,6 @@ def half_close(net, c, closer: str, data: bytes, record):
     }.get(shut, f"did not shut down sending only: the kernel shows its socket shut down {shut!r}")
     fin, _ = net.wire.expect_fin_acked(closing, STATE_WAIT)
     assert closing.wait_state("FIN_WAIT2"), f"the half-closed {closer} is not in FIN_WAIT2"
-    assert sending.wait_state("CLOSE_WAIT"), f"the {other} did not enter CLOSE_WAIT on the {closer}'s FIN"
     got = recv_outcome(c, other)
     record(f"{other}_recv_after_fin", got)
     assert got == "EOF", (

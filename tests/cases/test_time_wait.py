@@ -22,6 +22,9 @@ def test_time_wait(net, agent, family, closer, record):
     c.close(first)
     assert_fin(net.wire, c.end(first), "close()")
     assert c.end(second).wait_state("CLOSE_WAIT"), f"the {second} did not enter CLOSE_WAIT"
+    assert c.end(second).stays("CLOSE_WAIT"), (
+        f"the {second} left CLOSE_WAIT before its program closed: its runtime answered the {first}'s FIN itself"
+    )
     assert c.end(first).wait_state("FIN_WAIT2"), f"the {first} did not enter FIN_WAIT2"
     if second == "target":
         eof = agent.recv(c.handle, 100)
