@@ -138,7 +138,9 @@ class Capture:
     def __init__(self, host):
         self.host = host
         self.frames: list[tuple[float, bytes]] = []
+        self._parsed: list[Segment] = []  # frames[:len(_parsed)], parsed once (every wait looks again)
         self._lock = threading.Lock()
+        self._parse_lock = threading.Lock()
         self._stop = threading.Event()
         self._sock = host.call(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self._sock.bind((host.ifname, ETH_P_ALL))
@@ -171,9 +173,11 @@ class Capture:
             self._sock.close()
 
     def segments(self) -> list[Segment]:
-        with self._lock:
-            frames = list(self.frames)
-        return [parse(ts, frame) for ts, frame in frames]
+        with self._parse_lock:
+            with self._lock:
+                new = self.frames[len(self._parsed) :]
+            self._parsed.extend(parse(ts, frame) for ts, frame in new)
+            return list(self._parsed)
 
     def tcp(self, **match) -> list[Segment]:
         """TCP segments whose fields equal every keyword given; flags='SA' means exactly SA."""
