@@ -18,7 +18,10 @@ import time
 
 ENV = "TCC_TIMING_SLACK"
 WAIT = 2.0  # s: the default bound on waiting for something expected soon (a state, a packet)
-POLL = 0.01  # s: how often a wait looks again
+POLL = 0.01  # s: how often a wait looks again at first
+# s: the longest gap between two looks of a long wait: a look is a socket-table dump (about 4 ms of
+# CPU), and a 2 s wait at 10 ms would spend most of a case's CPU looking
+MAX_POLL = 0.05
 # s: how long a case leaves a queued connection or unread data alone before judging that the target's
 # runtime did too. An event-driven runtime (Node's libuv) accepts and reads on its own 6 to 29 ms after
 # the kernel queued a connection or data (measured, loaded machine); a program-driven one never does.
@@ -53,7 +56,7 @@ def slack(amount: float) -> float:
     return amount * _factor
 
 
-def wait_until(condition, timeout: float = WAIT, interval: float = POLL):
+def wait_until(condition, timeout: float = WAIT, interval: float = POLL, max_interval: float = MAX_POLL):
     """Call condition() until it returns something truthy or slack(timeout) seconds pass.
 
     Returns that truthy value, or the last (falsy) value when time ran out. The
@@ -65,13 +68,15 @@ def wait_until(condition, timeout: float = WAIT, interval: float = POLL):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = max(interval, min(interval * 1.5, max_interval))  # soon looks often, a long wait less
 
 
-def holds(condition, duration: float = RUNTIME_GRACE, interval: float = POLL) -> bool:
+def holds(condition, duration: float = RUNTIME_GRACE, interval: float = MAX_POLL) -> bool:
     """Whether condition() stays truthy for slack(duration) seconds, looked at every interval.
 
     False at the first falsy answer (without waiting out the rest). The counterpart of wait_until for
-    what must not change: a connection left in the accept queue, data left unread."""
+    what must not change: a connection left in the accept queue, data left unread (a change of those
+    lasts, so a look every 50 ms misses none)."""
     deadline = time.monotonic() + slack(duration)
     while True:
         if not condition():
