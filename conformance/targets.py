@@ -126,33 +126,27 @@ def build_c(static: bool = False) -> Path:
     )
 
 
-def build_go() -> Path:
+def _build_go_module(name: str, what: str, timeout: float = 600) -> Path:
+    """A static Go agent (CGO_ENABLED=0) built from targets/<name>, keyed by its sources and Go's version."""
     go = find_tool("go", "golang-go")
-    src_dir = TARGETS_DIR / "go"
+    src_dir = TARGETS_DIR / name
     files = [p for p in src_dir.iterdir() if p.suffix == ".go" or p.name in ("go.mod", "go.sum")]
     key = content_key(files, tool_version([go, "version"]))
     env = dict(os.environ, CGO_ENABLED="0")
     env.setdefault("GOFLAGS", "-mod=mod")
-    return cached_build(
-        "go", key, lambda out: _run_build("Go", [go, "build", "-trimpath", "-o", str(out), "."], src_dir, env)
-    )
+    argv = [go, "build", "-trimpath", "-o"]
+    return cached_build(name, key, lambda out: _run_build(what, [*argv, str(out), "."], src_dir, env, timeout))
+
+
+def build_go() -> Path:
+    return _build_go_module("go", "Go")
 
 
 def build_netstack() -> Path:
     """The netstack agent (targets/netstack: gVisor's TCP/IP stack as a Go library), keyed like Go's. Its
     module (gvisor.dev/gvisor, large) is fetched by ci/setup.sh (`go mod download`); a cold build of the
     stack takes about 3 minutes on 2 loaded cores, hence its own timeout."""
-    go = find_tool("go", "golang-go")
-    src_dir = TARGETS_DIR / "netstack"
-    files = [p for p in src_dir.iterdir() if p.suffix == ".go" or p.name in ("go.mod", "go.sum")]
-    key = content_key(files, tool_version([go, "version"]))
-    env = dict(os.environ, CGO_ENABLED="0")
-    env.setdefault("GOFLAGS", "-mod=mod")
-    return cached_build(
-        "netstack",
-        key,
-        lambda out: _run_build("netstack", [go, "build", "-trimpath", "-o", str(out), "."], src_dir, env, 1800),
-    )
+    return _build_go_module("netstack", "netstack", timeout=1800)
 
 
 RUST_TRIPLE = "x86_64-unknown-linux-gnu"
