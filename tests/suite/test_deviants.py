@@ -154,16 +154,22 @@ def node(row: str) -> str:
         raise LookupError(f"no case with the matrix row {row!r} in tests/cases") from None
 
 
-@pytest.mark.parametrize("mode,case,control", DEVIATIONS, ids=[f"{d[0]}-{d[1]}" for d in DEVIATIONS])
-def test_case_fails_on_deviant_target(tmp_path, mode, case, control):
+def fails_beside_control(tmp_path, case: str, control: str, what: str, *target_args) -> int:
+    """Run `case` and `control` (matrix rows, v4) on the deviant target `target_args` select: the case must
+    fail and the control pass (the deviant is otherwise a working agent). Returns pytest's exit code."""
     checked_id, control_id = node(case), node(control)
-    code, outcomes, output = run_suite(
-        tmp_path, checked_id, control_id, "--targets", "deviant", "--add-target", deviant(mode), "--families", "v4"
-    )
+    code, outcomes, output = run_suite(tmp_path, checked_id, control_id, *target_args, "--families", "v4")
     checked = outcomes.get(checked_id.split("::")[1])
     controlled = outcomes.get(control_id.split("::")[1])
-    assert checked == "failed", f"{case} did not fail on the {mode} deviant: {checked}\n{output}"
-    assert controlled == "passed", f"the control {control} must pass on the {mode} deviant: {controlled}\n{output}"
+    assert checked == "failed", f"{case} did not fail on the {what}: {checked}\n{output}"
+    assert controlled == "passed", f"the control {control} must pass on the {what}: {controlled}\n{output}"
+    return code
+
+
+@pytest.mark.parametrize("mode,case,control", DEVIATIONS, ids=[f"{d[0]}-{d[1]}" for d in DEVIATIONS])
+def test_case_fails_on_deviant_target(tmp_path, mode, case, control):
+    args = ("--targets", "deviant", "--add-target", deviant(mode))
+    code = fails_beside_control(tmp_path, case, control, f"{mode} deviant", *args)
     assert code == 1, f"pytest must exit 1 when a case fails, got {code}"
 
 
@@ -197,16 +203,8 @@ def test_case_fails_on_deviant_netstack(tmp_path, mode, case, control):
     target_file = tmp_path / "deviant.toml"
     command = [sys.executable, "-I", "-S", str(wrapper), "--mode", mode, agent]
     target_file.write_text(f'[[target]]\nname = "deviant"\ncommand = {command!r}\nlink = "packet"\n'.replace("'", '"'))
-    checked_id, control_id = node(case), node(control)
-    code, outcomes, output = run_suite(
-        tmp_path, checked_id, control_id, "--targets", "deviant", "--target-file", str(target_file), "--families", "v4"
-    )
-    checked = outcomes.get(checked_id.split("::")[1])
-    controlled = outcomes.get(control_id.split("::")[1])
-    assert checked == "failed", f"{case} did not fail on the {mode} netstack deviant: {checked}\n{output}"
-    assert controlled == "passed", (
-        f"the control {control} must pass on the {mode} netstack deviant: {controlled}\n{output}"
-    )
+    args = ("--targets", "deviant", "--target-file", str(target_file))
+    fails_beside_control(tmp_path, case, control, f"{mode} netstack deviant", *args)
     assert "evidence_source" in (tmp_path / "junit.xml").read_text(), "the deviant's evidence is not the stack's"
 
 

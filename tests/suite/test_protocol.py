@@ -166,16 +166,22 @@ def test_every_command_of_the_table(net, agent, family):
     assert agent.proc.wait(timeout=5) == 0
 
 
-def test_protocol_md_lists_the_command_table():
-    """targets/PROTOCOL.md's command table and conformance/protocol.py's COMMANDS say the same."""
-    text = (ROOT / "targets" / "PROTOCOL.md").read_text()
-    table = text[text.index("## Commands") : text.index("Options for")]
+def documented_commands(text: str, start: str, end: str) -> dict[str, tuple[list[str], str]]:
+    """The rows of PROTOCOL.md's table between `start` and `end`: {command: (its arguments, its reply
+    fields cell)}; an escaped `\\|` inside a cell is a literal bar."""
     documented = {}
-    for line in table.splitlines():
+    for line in text[text.index(start) : text.index(end)].splitlines():
         if line.startswith("| `"):
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
             words = cells[0].strip("`").split()
             documented[words[0]] = (words[1:], cells[2])
+    return documented
+
+
+def test_protocol_md_lists_the_command_table():
+    """targets/PROTOCOL.md's command table and conformance/protocol.py's COMMANDS say the same."""
+    text = (ROOT / "targets" / "PROTOCOL.md").read_text()
+    documented = documented_commands(text, "## Commands", "Options for")
     assert set(documented) == set(protocol.COMMANDS), "PROTOCOL.md's command table differs from protocol.COMMANDS"
     for name, cmd in protocol.COMMANDS.items():
         args, fields = documented[name]
@@ -191,13 +197,7 @@ def test_protocol_md_lists_the_command_table():
 def test_protocol_md_lists_the_introspection_table():
     """PROTOCOL.md's optional introspection table and protocol.INTROSPECTION say the same."""
     text = (ROOT / "targets" / "PROTOCOL.md").read_text()
-    table = text[text.index("## Introspection (optional)") : text.index("`ROW` is")]
-    documented = {}
-    for line in table.splitlines():
-        if line.startswith("| `"):
-            cells = [c.strip() for c in line.split("|")[1:-1]]
-            words = cells[0].strip("`").split()
-            documented[words[0]] = (words[1:], cells[2])
+    documented = documented_commands(text, "## Introspection (optional)", "`ROW` is")
     assert set(documented) == set(protocol.INTROSPECTION), "PROTOCOL.md's introspection table differs"
     assert not set(protocol.INTROSPECTION) & set(protocol.COMMANDS)
     for name, cmd in protocol.INTROSPECTION.items():
