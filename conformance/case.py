@@ -16,15 +16,13 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from pyroute2 import DiagSocket
-
 from . import privilege
 from .agent import Agent, AgentError
 from .capture import Capture
 from .stack import StackView
 from .targets import Target
 from .timing import RUNTIME_GRACE, WAIT, holds, slack
-from .topology import ALL_STATES, Host, Topology, new_base
+from .topology import ALL_STATES, Host, Topology, diag_socket, new_base
 
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
 CLOSED_PORT = 9  # a port nothing listens on
@@ -351,14 +349,13 @@ def shut_down(end: End) -> str | None:
         return end.host.stack.shut(end.addr, end.port, end.remote_port)
 
     def run():
-        with DiagSocket() as ds:
-            ds.bind()
-            for fam in (socket.AF_INET, socket.AF_INET6):
-                for m in ds.get_sock_stats(family=fam, protocol=socket.IPPROTO_TCP, states=ALL_STATES):
-                    if (m["idiag_src"], m["idiag_sport"], m["idiag_dport"]) == (end.addr, end.port, end.remote_port):
-                        if not m["idiag_inode"]:
-                            return "closed"
-                        return SHUTDOWN.get(m.get_attr("INET_DIAG_SHUTDOWN") or 0, "?")
+        ds = diag_socket()  # the namespace thread's; get_sock_stats reads the whole dump before returning
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for m in ds.get_sock_stats(family=fam, protocol=socket.IPPROTO_TCP, states=ALL_STATES):
+                if (m["idiag_src"], m["idiag_sport"], m["idiag_dport"]) == (end.addr, end.port, end.remote_port):
+                    if not m["idiag_inode"]:
+                        return "closed"
+                    return SHUTDOWN.get(m.get_attr("INET_DIAG_SHUTDOWN") or 0, "?")
         return None
 
     return end.host.call(run)

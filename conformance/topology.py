@@ -576,15 +576,14 @@ class Host:
             return self.stack.rto_ms(match)
 
         def run():
-            with DiagSocket() as ds:
-                ds.bind()
-                for fam in (socket.AF_INET, socket.AF_INET6):
-                    for m in ds.get_sock_stats(family=fam, states=ALL_STATES, extensions=1 << (INET_DIAG_INFO - 1)):
-                        info = m.get_attr("INET_DIAG_INFO")
-                        fields = {"src": m["idiag_src"], "sport": m["idiag_sport"]}
-                        fields.update(dst=m["idiag_dst"], dport=m["idiag_dport"])
-                        if info is not None and all(fields[k] == v for k, v in match.items()):
-                            return info["tcpi_rto"] // 1000
+            ds = diag_socket()  # get_sock_stats reads the whole dump (a tuple): returning early is safe
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for m in ds.get_sock_stats(family=fam, states=ALL_STATES, extensions=1 << (INET_DIAG_INFO - 1)):
+                    info = m.get_attr("INET_DIAG_INFO")
+                    fields = {"src": m["idiag_src"], "sport": m["idiag_sport"]}
+                    fields.update(dst=m["idiag_dst"], dport=m["idiag_dport"])
+                    if info is not None and all(fields[k] == v for k, v in match.items()):
+                        return info["tcpi_rto"] // 1000
             return None
 
         return self.call(run)
