@@ -66,10 +66,9 @@ def longest_first(items: list, known: dict[str, float]) -> None:
 
 
 class DurationRecorder:
-    """On the controller: each test's setup + call + teardown; with --store-durations, stored for the next runs."""
+    """On the controller, with --store-durations: each case's setup + call + teardown, stored for the next runs."""
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self):
         self.seconds: dict[str, float] = {}
 
     def pytest_runtest_logreport(self, report):
@@ -79,7 +78,7 @@ class DurationRecorder:
             self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session):
-        if self.seconds and self.config.getoption("--store-durations"):
+        if self.seconds:
             stored = _read_file(COMMITTED)
             stored.update({k: round(v, 3) for k, v in self.seconds.items()})
             tmp = COMMITTED.with_suffix(".json.tmp")

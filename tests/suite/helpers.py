@@ -13,17 +13,16 @@ DEVIANT = ROOT / "fixtures" / "deviants" / "agent.py"
 def child_env(extra: dict | None = None) -> dict:
     """The environment of a child pytest or conformance run.
 
-    Bytecode, and pytest's rewritten test modules, go to a private folder in the suite's cache
-    instead of not being written at all (PYTHONDONTWRITEBYTECODE): the suite starts a child pytest
-    more than a hundred times, and each would otherwise compile and rewrite every module again
-    (about 0.6 s of CPU a start, measured). Never into the checkout; the folder is root's, 0700,
-    since an interpreter running as root loads what is there."""
-    from conformance.targets import cache_dir
-
-    prefix = cache_dir() / "pycache"
-    prefix.mkdir(mode=0o700, exist_ok=True)
-    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(prefix), **(extra or {}))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    Bytecode, and pytest's rewritten test modules, go to the private folder the plugin chose for this
+    process (pytest_tcp_conformance: sys.pycache_prefix) instead of not being written at all: the suite
+    starts a child pytest more than a hundred times, and each would otherwise compile and rewrite every
+    module again (about 0.6 s of CPU a start, measured). Where the plugin chose none, nothing is written."""
+    env = dict(os.environ, **(extra or {}))
+    if sys.pycache_prefix:
+        env["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 

@@ -42,8 +42,7 @@ def test_the_committed_durations_are_a_map_of_existing_test_ids_to_seconds():
 
 def test_only_the_conformance_cases_durations_are_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(order, "COMMITTED", tmp_path / "durations.json")
-    config = SimpleNamespace(getoption=lambda name: name == "--store-durations")
-    recorder = order.DurationRecorder(config)
+    recorder = order.DurationRecorder()
     for nodeid, seconds in (("tests/cases/test_a.py::t[v4-c]", 1.5), ("tests/suite/test_b.py::t", 90.0)):
         recorder.pytest_runtest_logreport(SimpleNamespace(nodeid=nodeid, duration=seconds))
     recorder.pytest_sessionfinish(None)
