@@ -349,13 +349,13 @@ def shut_down(end: End) -> str | None:
         return end.host.stack.shut(end.addr, end.port, end.remote_port)
 
     def run():
-        ds = diag_socket()  # the namespace thread's; get_sock_stats reads the whole dump before returning
+        ds = diag_socket()  # the namespace thread's
         for fam in (socket.AF_INET, socket.AF_INET6):
-            for m in ds.get_sock_stats(family=fam, protocol=socket.IPPROTO_TCP, states=ALL_STATES):
-                if (m["idiag_src"], m["idiag_sport"], m["idiag_dport"]) == (end.addr, end.port, end.remote_port):
-                    if not m["idiag_inode"]:
+            for m in ds.dump(fam, socket.IPPROTO_TCP, ALL_STATES):
+                if (m.src, m.sport, m.dport) == (end.addr, end.port, end.remote_port):
+                    if not m.inode:
                         return "closed"
-                    return SHUTDOWN.get(m.get_attr("INET_DIAG_SHUTDOWN") or 0, "?")
+                    return SHUTDOWN.get(m.shutdown or 0, "?")
         return None
 
     return end.host.call(run)

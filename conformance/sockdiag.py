@@ -1,0 +1,122 @@
+"""A lean sock_diag (NETLINK_SOCK_DIAG) dump client: the socket tables of the calling thread's namespace.
+
+Written here instead of pyroute2's DiagSocket for speed, measured: every wait of a case polls a
+namespace's socket table, a case does 30 to 250 dumps, and pyroute2 0.9 spends about 1 ms of CPU a
+dump in its asyncio request machinery and its generic message decoder (a quarter of a case's CPU in
+a profile of the catalogue). A dump here is one sendto() and a few recv()s, decoded with struct: about
+30 us. Only what the harness reads is decoded: struct inet_diag_msg, and the INET_DIAG_INFO (tcp_info's
+tcpi_rto) and INET_DIAG_SHUTDOWN attributes. Layouts: linux/inet_diag.h, linux/sock_diag.h, linux/tcp.h.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+INET_DIAG_INFO, INET_DIAG_SHUTDOWN = 2, 8  # attribute types; an extension asks for type - 1 as a bit
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+# inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid (ports and addresses in
+# network order, interface, cookie) left zero: a dump filters nothing by it.
+_REQ = struct.Struct("=BBBxI48x")
+# inet_diag_msg: family, state, timer, retrans; sockid: sport, dport (big-endian), src[16], dst[16],
+# if, cookie[2]; expires, rqueue, wqueue, uid, inode.
+_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
+_RTA = struct.Struct("=HH")
+_TCPI_RTO = struct.Struct("=8xI")  # struct tcp_info: eight u8 fields, then tcpi_rto (us)
+_seq = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class DiagRow:
+    """One socket of a dump, with the fields the harness reads."""
+
+    family: int
+    state: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    rqueue: int
+    wqueue: int
+    inode: int
+    rto_us: int | None = None  # tcp_info's tcpi_rto, when INET_DIAG_INFO was asked for
+    shutdown: int | None = None  # sk_shutdown bits (INET_DIAG_SHUTDOWN), when the kernel sent them
+
+
+def _addr(family: int, raw: bytes) -> str:
+    return socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+
+
+class SockDiag:
+    """A NETLINK_SOCK_DIAG socket of the namespace it was opened in (a socket keeps its namespace)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        self.sock.bind((0, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def dump(self, family: int, protocol: int, states: int, info: bool = False) -> list[DiagRow]:
+        """Every socket of family and protocol whose state bit (1 << state) is in states.
+        info: also ask for tcp_info (rto_us)."""
+        seq = next(_seq)
+        ext = 1 << (INET_DIAG_INFO - 1) if info else 0
+        body = _REQ.pack(family, protocol, ext, states)
+        flags = NLM_F_REQUEST | NLM_F_DUMP
+        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body)
+        rows: list[DiagRow] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise OSError(f"sock_diag: malformed message of length {length}")
+                start, offset = offset + _NLMSGHDR.size, offset + (length + 3 & ~3)
+                if mseq != seq:
+                    continue  # an answer to an earlier request cut short: not ours
+                if kind == NLMSG_DONE:
+                    return rows
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, start)[0]
+                    if err:
+                        raise OSError(err, f"sock_diag dump (family {family}, protocol {protocol}): {os.strerror(err)}")
+                    continue
+                rows.append(self._row(data, start, start - _NLMSGHDR.size + length))
+
+    @staticmethod
+    def _row(data: bytes, start: int, end: int) -> DiagRow:
+        fam, state, _tm, _re, sport, dport, src, dst, _if, _ck, _ex, rq, wq, _uid, inode = _MSG.unpack_from(data, start)
+        rto = shutdown = None
+        pos = start + _MSG.size
+        while pos + _RTA.size <= end:
+            alen, atype = _RTA.unpack_from(data, pos)
+            if alen < _RTA.size:
+                break
+            if atype == INET_DIAG_INFO and alen >= _RTA.size + _TCPI_RTO.size:
+                (rto,) = _TCPI_RTO.unpack_from(data, pos + _RTA.size)
+            elif atype == INET_DIAG_SHUTDOWN and alen > _RTA.size:
+                shutdown = data[pos + _RTA.size]
+            pos += alen + 3 & ~3
+        return DiagRow(
+            fam,
+            state,
+            _addr(fam, src),
+            int.from_bytes(sport, "big"),
+            _addr(fam, dst),
+            int.from_bytes(dport, "big"),
+            rq,
+            wq,
+            inode,
+            rto,
+            shutdown,
+        )
