@@ -53,9 +53,18 @@ def test_failure_in_setup_removes_what_was_made(monkeypatch):
     assert suite_namespaces(os.getpid()) == before
 
 
+def run_namespaces(pid):
+    """The namespaces of pid's run: its own, and those of its children (cases in flight, xdist workers)."""
+    return sorted(
+        name for name, owner in owned_names(suite_namespaces()) if owner == pid or _parent(owner) == pid
+    )
+
+
+@pytest.mark.parametrize("in_flight", ["1", "2"], ids=["in-process", "in-flight"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupted_run_leaves_nothing(sig):
-    """Interrupt pytest in the middle of a case (connect() waiting on SYN retransmissions)."""
+def test_interrupted_run_leaves_nothing(sig, in_flight):
+    """Interrupt pytest in the middle of a case (connect() waiting on SYN retransmissions): run in
+    pytest's own process, or in flight in a forked child (the signal reaches pytest only)."""
     from .helpers import deviant
 
     # A target that ignores TCP_SYNCNT keeps connect() waiting for the kernel's 133 s (the
@@ -73,6 +82,8 @@ def test_interrupted_run_leaves_nothing(sig):
         "v4",
         "--agent-deadline",
         "30",
+        "--in-flight",
+        in_flight,
     ]
     # pytest as a user starts it from a shell: Ctrl-C raises KeyboardInterrupt. (A process started
     # from an xdist worker inherits SIGINT ignored, so the child sets Python's handler itself.)
@@ -87,7 +98,7 @@ def test_interrupted_run_leaves_nothing(sig):
         names, agents = [], []
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not agents:
-            names = suite_namespaces(proc.pid)
+            names = run_namespaces(proc.pid)
             agents = [p for n in names for p in netns_pids(n)]
             time.sleep(0.05)
         assert names and agents, "the case never started its namespaces and agent"
@@ -98,7 +109,7 @@ def test_interrupted_run_leaves_nothing(sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert suite_namespaces(proc.pid) == [], out.decode()
+    assert not [n for n in names if n in suite_namespaces()], out.decode()
     assert not [p for p in agents if alive(p)], "an agent process outlived the run"
     assert proc.returncode == 2 and b"KeyboardInterrupt" in out, out.decode()  # interrupted, mid-case
 
@@ -120,9 +131,11 @@ def test_sweep_removes_only_dead_owners():
             subprocess.run(["ip", "netns", "del", name])
 
 
-def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
-    """SIGKILL an xdist worker mid-case: its agent dies with it (PR_SET_PDEATHSIG), and the
-    controller's end-of-run sweep removes the namespaces it could not."""
+@pytest.mark.parametrize("mode", [["-n", "2"], ["--in-flight", "2"]], ids=["xdist-worker", "in-flight-child"])
+def test_killed_worker_leaves_no_agent_and_its_namespaces_are_swept(mode):
+    """SIGKILL the process running a case (an xdist worker, or the forked child of cases in flight):
+    its agent dies with it (PR_SET_PDEATHSIG), and the run's sweep removes the namespaces it could
+    not. In flight, the case fails, naming its process's death."""
     from .helpers import deviant
 
     proc = subprocess.Popen(  # a case that stays in connect() (see test_interrupted_run_leaves_nothing)
@@ -133,8 +146,7 @@ def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
             "-p",
             "no:cacheprovider",
             "-q",
-            "-n",
-            "2",
+            *mode,
             "tests/cases/test_timedout.py",
             "--targets",
             "slow",
@@ -173,6 +185,8 @@ def test_killed_xdist_worker_leaves_no_agent_and_its_namespaces_are_swept():
     # Removed by this run's end-of-run sweep (which says so), or, when other runs share the
     # machine (this suite's own tests do), by whichever run's sweep came first.
     assert suite_namespaces(victim) == [], text
+    if "--in-flight" in mode:
+        assert proc.returncode == 1 and f"(pid {victim}) ended without its report: killed by signal 9" in text, text
 
 
 def _parent(pid):
