@@ -55,9 +55,7 @@ def test_failure_in_setup_removes_what_was_made(monkeypatch):
 
 def run_namespaces(pid):
     """The namespaces of pid's run: its own, and those of its children (cases in flight, xdist workers)."""
-    return sorted(
-        name for name, owner in owned_names(suite_namespaces()) if owner == pid or _parent(owner) == pid
-    )
+    return sorted(name for name, owner in owned_names(suite_namespaces()) if owner == pid or _parent(owner) == pid)
 
 
 @pytest.mark.parametrize("in_flight", ["1", "2"], ids=["in-process", "in-flight"])
