@@ -72,6 +72,13 @@ def test_timing_slack_option_is_checked_before_any_namespace(tmp_path):
     assert code == 4 and "timing slack must be a finite number >= 1, got 'nan'" in output and not outcomes
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_in_flight_option_is_checked_before_any_namespace(tmp_path, value):
+    code, outcomes, output = run_suite(tmp_path, "tests/cases/test_refused.py", "--in-flight", value)
+    assert code == 4 and f"--in-flight must be a whole number >= 1 or auto, got {value!r}" in output, output
+    assert not outcomes
+
+
 def test_wire_evidence_is_relative_and_leaves_out_link_noise():
     segs = [
         Segment(5.0, "icmp6", "fe80::1", "ff02::16", icmp_type=143),

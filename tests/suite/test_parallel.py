@@ -1,4 +1,5 @@
-"""Cases are independent: `pytest -n 8` on this 2-core machine gives the same verdicts as a serial run."""
+"""Cases are independent: cases in flight (the default: forked children, several at once) and
+`pytest -n 8` on this 2-core machine give the same verdicts as a serial run."""
 
 import json
 
@@ -18,7 +19,12 @@ MISSION = [
 
 def test_parallel_run_gives_the_serial_verdicts(tmp_path):
     docs = {}
-    for mode, extra in (("serial", ["-p", "no:xdist"]), ("parallel", ["-n", "8"])):
+    modes = {
+        "serial": ["-p", "no:xdist", "--in-flight", "1"],
+        "in-flight": ["-p", "no:xdist"],  # the default: --in-flight auto
+        "xdist": ["-n", "8"],
+    }
+    for mode, extra in modes.items():
         out = tmp_path / mode
         out.mkdir()
         code, outcomes, output = run_suite(
@@ -26,4 +32,5 @@ def test_parallel_run_gives_the_serial_verdicts(tmp_path):
         )
         docs[mode] = json.loads((out / "r.json").read_text())
         assert len(docs[mode]["results"]) == 7 * len(BUILTIN), output  # 7 mission rows a target
-    assert compare.diff(docs["serial"], docs["parallel"]) == []
+    assert compare.diff(docs["serial"], docs["in-flight"]) == []
+    assert compare.diff(docs["serial"], docs["xdist"]) == []
