@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute, NetlinkError, netns
 
 from .agent import Unsupported
+from .rtnl import Rtnl
 from .sockdiag import SockDiag
 from .timing import WAIT, wait_until
 
@@ -198,8 +199,16 @@ def route_socket() -> IPRoute:
     return ipr
 
 
+def rtnl_socket() -> Rtnl:
+    """The namespace thread's socket for the requests that build a case's link (conformance/rtnl.py)."""
+    rtnl = getattr(_inside, "rtnl", None)
+    if rtnl is None:
+        rtnl = _inside.rtnl = Rtnl()
+    return rtnl
+
+
 def _close_thread_sockets() -> None:
-    for name in ("diag", "ipr"):
+    for name in ("diag", "ipr", "rtnl"):
         sock = getattr(_inside, name, None)
         if sock is not None:
             setattr(_inside, name, None)
@@ -804,39 +813,39 @@ class Topology:
                 create_netns(host.ns)
             host.sysctls(BASE_SYSCTLS)
         self.target.sysctls(target_sysctls)
+
         # Create both veth ends directly in their namespaces: moving one costs 40-90 ms.
-        self.target.netlink(
-            lambda ipr: ipr.link(
-                "add",
-                ifname=self.target.ifname,
-                kind="veth",
-                peer={"ifname": self.peer.ifname, "net_ns_fd": self.peer.ns},
-            )
-        )
+        def add_veth():
+            fd = os.open(os.path.join(NETNS_DIR, self.peer.ns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                rtnl_socket().add_veth(self.target.ifname, self.peer.ifname, fd)
+            finally:
+                os.close(fd)
+
+        self.target.call(add_veth)
         for host in self.hosts:
-            host.netlink(lambda ipr, host=host: self._address(ipr, host))
+            host.call(self._address, host)
         # Permanent neighbour entries for the link partner: no ARP or neighbour
         # discovery before the first SYN. A new veth's IPv6 side can take up to
         # a second to join its solicited-node group, and a lost first neighbour
         # solicitation would delay a v6 connect by a full second.
         for host, other in ((self.target, self.peer), (self.peer, self.target)):
-            host.netlink(
-                lambda ipr, host=host, other=other: [
-                    ipr.neigh("replace", dst=addr, lladdr=other.mac, ifindex=host.ifindex, state="permanent")
+            host.call(
+                lambda host=host, other=other: [
+                    rtnl_socket().permanent_neighbour(host.ifindex, addr, other.mac)
                     for addr in (other.addr4, other.addr6)
                 ]
             )
 
     @staticmethod
-    def _address(ipr, host):
-        ipr.link("set", index=1, state="up")  # loopback
-        (link,) = ipr.link("get", ifname=host.ifname)
-        host.ifindex = link["index"]
-        host.mac = link.get_attr("IFLA_ADDRESS")
-        ipr.addr("add", index=host.ifindex, address=host.addr4, prefixlen=NET4.prefixlen)
+    def _address(host):
+        rtnl = rtnl_socket()
+        rtnl.up(1)  # loopback
+        host.ifindex, host.mac = rtnl.link(host.ifname)
+        rtnl.add_address(host.ifindex, host.addr4, NET4.prefixlen)
         # nodad: ready for bind() at once, never tentative (under load DAD can lag the first case step).
-        ipr.addr("add", index=host.ifindex, address=host.addr6, prefixlen=NET6.prefixlen, flags=IFA_F_NODAD)
-        ipr.link("set", index=host.ifindex, state="up")
+        rtnl.add_address(host.ifindex, host.addr6, NET6.prefixlen, flags=IFA_F_NODAD)
+        rtnl.up(host.ifindex)
 
     def blackhole(self, family: str) -> str:
         """An address on the link whose packets reach the peer, which drops them silently.
