@@ -126,3 +126,22 @@ def test_bench_prints_where_the_time_goes():
     ):
         assert re.search(rf"^{re.escape(label)} +\d+\.\d\d", proc.stdout, re.M), proc.stdout
     assert "tests/cases/test_refused.py::test_refused[v4-c]" in proc.stdout
+
+
+def test_case_namespaces_have_small_socket_tables_of_their_own():
+    """Made in the nursery (conformance/topology.py): a sock_diag dump walks 1024 buckets, not the
+    host's shared table; the sysctls derived from a table's size are those of a namespace on the
+    shared one (the kernel's tcp_set_hashinfo: max(128, entries / 128) for tcp_max_syn_backlog)."""
+    from conformance.case import Net
+
+    with open("/proc/sys/net/ipv4/tcp_ehash_entries") as f:
+        shared = abs(int(f.read()))
+    net = Net()
+    try:
+        got = net.target.read_sysctls(["net.ipv4.tcp_ehash_entries", "net.ipv4.tcp_max_syn_backlog"])
+        peer = net.peer.read_sysctls(["net.ipv4.tcp_ehash_entries"])
+    finally:
+        net.close()
+    assert abs(int(got["net.ipv4.tcp_ehash_entries"])) == 1024 < shared, got
+    assert abs(int(peer["net.ipv4.tcp_ehash_entries"])) == 1024, peer
+    assert int(got["net.ipv4.tcp_max_syn_backlog"]) == max(128, shared // 128), got
