@@ -202,6 +202,7 @@ class Flight:
             # SIGTERM (from the parent when it is interrupted, or when it dies: PDEATHSIG) ends the case
             # as Ctrl-C does: its teardown removes what it made.
             signal.signal(signal.SIGTERM, _interrupt)
+            signal.signal(signal.SIGINT, _interrupt)
             ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
             # pytest's output capture: the parent's capture files are shared with it; take our own.
             capman = self.config.pluginmanager.getplugin("capturemanager")
@@ -226,6 +227,8 @@ class Flight:
                 results.write(_FRAME.pack(len(payload)) + payload)
                 results.flush()
             code = 0
+        except KeyboardInterrupt:
+            code = 2  # interrupted: pytest's process says so
         except BaseException:
             traceback.print_exc()
         finally:
@@ -248,6 +251,10 @@ def _read_frame(f):
 
 
 def _interrupt(signum, frame):
+    """The first Ctrl-C or SIGTERM ends the case; later ones are ignored, so that its teardown, which
+    removes what it made, is not cut short (the parent kills a child that takes too long, and sweeps)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
