@@ -90,7 +90,6 @@ class Flight:
         while child is None:
             self.collect(block=True)
             child = next((c for c in self.children if c.item is None), None)
-        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         child.item = item
         try:
             child.commands.write(_FRAME.pack(self.index[item.nodeid]))
@@ -121,6 +120,9 @@ class Flight:
             self._log(item, reports)
 
     def _log(self, item, reports) -> None:
+        # A case's whole log at once, when it ends: the terminal's lines and progress then name the
+        # case they belong to, whatever else is in flight.
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         for report in reports:
             item.ihook.pytest_runtest_logreport(report=report)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
