@@ -335,3 +335,53 @@ def test_faults_leave_nothing(tmp_path, fault):
     leftover = subprocess.run(["pgrep", "-a", "-f", str(script)], capture_output=True, text=True)
     assert leftover.stdout.split() == [], f"an agent process outlived the run: {leftover.stdout}"
     assert os.listdir(tmpdir) == [], f"temporary files left: {os.listdir(tmpdir)}"
+
+
+def test_killed_pytest_leaves_nothing_of_its_cases_in_flight():
+    """SIGKILL pytest itself while a case runs in flight: the case's child is told (PR_SET_PDEATHSIG,
+    SIGTERM), ends the case as on Ctrl-C, and removes its namespaces and agent; nobody is left to sweep."""
+    proc = subprocess.Popen(  # an agent that never says hello: the case waits out --agent-deadline, 60 s
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "tests/cases/test_refused.py",
+            "--targets",
+            "mute",
+            "--add-target",
+            "mute=sleep 120",
+            "--families",
+            "v4",
+            "--agent-deadline",
+            "60",
+            "--in-flight",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        names, agents = [], []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not agents:
+            names = run_namespaces(proc.pid)
+            agents = [p for n in names for p in netns_pids(n)]
+            time.sleep(0.05)
+        assert names and agents, "the case never started its namespaces and agent"
+        child = next(owner for _, owner in owned_names(names))
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15  # the case's teardown; left alone, the case would wait 60 s
+        while time.monotonic() < deadline and (alive(child) or [n for n in names if n in suite_namespaces()]):
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not alive(child), "the case's child outlived pytest"
+    assert not [n for n in names if n in suite_namespaces()], "the case's namespaces outlived pytest"
+    assert not [p for p in agents if alive(p)], "an agent outlived pytest"
