@@ -1,18 +1,18 @@
-"""Several conformance cases in flight at once in one pytest process: each in a forked child of its own.
+"""Several conformance cases in flight at once in one pytest process, each run by a forked child.
 
 A case spends almost all its time waiting on TCP timers, and what it costs the machine is its CPU
 (tens of ms). pytest runs one test at a time per process, and each pytest-xdist worker costs about
 1.4 s of CPU to start (Python, pytest, pyroute2, collection), which on two cores bounds how many
-waits overlap. So the process forks a child per case instead: the child already has everything
-imported and collected, runs the case's whole protocol (setup, call, teardown: fresh namespaces,
-agent, capture, all removed) with pytest's own runtestprotocol, and hands its reports back; the
-parent reports them through pytest's hooks (terminal, JUnit, the matrix, --results-json) as if it
-had run the case itself. Up to `size` children run at once.
+waits overlap. So the process forks up to `size` children instead, after collection: a child
+already has everything imported and collected, and runs the cases it is handed one after another,
+each with pytest's own runtestprotocol (setup, call, teardown: fresh namespaces, agent, capture, all
+removed), handing back its reports; the parent reports them through pytest's hooks (terminal,
+JUnit, the matrix, --results-json) as if it had run the case itself.
 
-Why a process per case and not a thread: pytest keeps a test's fixtures and its setup/teardown
-stack in objects shared by every test of the session (FixtureDef caches, the session's SetupState),
-so two tests in one process at once would share their fixtures. A forked child has its own copy of
-all of it, and a case that crashes or hangs its process takes no other case with it.
+Why processes and not threads: pytest keeps a test's fixtures and its setup/teardown stack in
+objects shared by every test of the session (FixtureDef caches, the session's SetupState), so two
+tests in one process at once would share their fixtures. A forked child has its own copy of all of
+it, and a case that crashes or hangs its process takes no other case with it.
 
 Each case still runs alone in its own namespaces; the verdicts are those of a serial run (checked
 by tests/suite/test_parallel.py). No library fits: pytest-xdist starts fresh interpreters, and
@@ -46,8 +46,8 @@ DRAIN_AFTER_INTERRUPT_S = 60.0
 
 
 def runs_in_flight(item) -> bool:
-    """A conformance case on the namespace runner (a case a child process can run on its own)."""
-    return "net" in getattr(item, "fixturenames", ()) and item.get_closest_marker("in_process") is None
+    """A conformance case (one that makes its own namespaces: a child process can run it on its own)."""
+    return "net" in getattr(item, "fixturenames", ())
 
 
 class _Child:
