@@ -11,13 +11,12 @@ linux/if_addr.h, linux/neighbour.h.
 
 from __future__ import annotations
 
-import itertools
-import os
 import socket
 import struct
 
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
-NLMSG_ERROR = 2
+from .netlink import NLM_F_ACK, attributes, request
+
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWNEIGH = 16, 18, 20, 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
@@ -26,11 +25,9 @@ NDA_DST, NDA_LLADDR = 1, 2
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
-_seq = itertools.count(1)
 
 
 def _attr(kind: int, data: bytes) -> bytes:
@@ -53,28 +50,7 @@ class Rtnl:
         self.sock.close()
 
     def _request(self, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
-        """Send one request; return the bodies of the messages answering it, after its acknowledgement
-        (OSError naming `what` when the kernel refuses it)."""
-        seq = next(_seq)
-        self.sock.send(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
-        answers = []
-        while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise OSError(f"rtnetlink: malformed message of length {length} ({what})")
-                body_at, offset = offset + _HDR.size, offset + (length + 3 & ~3)
-                if mseq != seq:
-                    continue
-                if mtype != NLMSG_ERROR:
-                    answers.append(data[body_at : body_at - _HDR.size + length])
-                    continue
-                err = -struct.unpack_from("=i", data, body_at)[0]
-                if err:
-                    raise OSError(err, f"{what}: {os.strerror(err)}")
-                return answers
+        return request(self.sock, kind, NLM_F_ACK | flags, body, what)
 
     def add_veth(self, name: str, peer: str, peer_netns_fd: int) -> None:
         """A veth pair: `name` here, `peer` in the namespace of peer_netns_fd."""
@@ -89,15 +65,8 @@ class Rtnl:
         body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
         (answer,) = self._request(RTM_GETLINK, 0, body, f"get link {name}")
         index = _IFINFO.unpack_from(answer)[2]
-        pos = _IFINFO.size
-        while pos + 4 <= len(answer):
-            size, kind = struct.unpack_from("=HH", answer, pos)
-            if size < 4:
-                break
-            if kind == IFLA_ADDRESS:
-                return index, ":".join(f"{b:02x}" for b in answer[pos + 4 : pos + size])
-            pos += size + 3 & ~3
-        return index, ""
+        mac = attributes(answer, _IFINFO.size).get(IFLA_ADDRESS, b"")
+        return index, ":".join(f"{b:02x}" for b in mac)
 
     def up(self, index: int) -> None:
         self._request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, IFF_UP, IFF_UP), f"set link {index} up")

@@ -10,28 +10,23 @@ tcpi_rto) and INET_DIAG_SHUTDOWN attributes. Layouts: linux/inet_diag.h, linux/s
 
 from __future__ import annotations
 
-import itertools
-import os
 import socket
 import struct
 from dataclasses import dataclass
 
+from .netlink import NLM_F_DUMP, attributes, request
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO, INET_DIAG_SHUTDOWN = 2, 8  # attribute types; an extension asks for type - 1 as a bit
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid (ports and addresses in
 # network order, interface, cookie) left zero: a dump filters nothing by it.
 _REQ = struct.Struct("=BBBxI48x")
 # inet_diag_msg: family, state, timer, retrans; sockid: sport, dport (big-endian), src[16], dst[16],
 # if, cookie[2]; expires, rqueue, wqueue, uid, inode.
 _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
-_RTA = struct.Struct("=HH")
 _TCPI_RTO = struct.Struct("=8xI")  # struct tcp_info: eight u8 fields, then tcpi_rto (us)
-_seq = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -68,45 +63,18 @@ class SockDiag:
     def dump(self, family: int, protocol: int, states: int, info: bool = False) -> list[DiagRow]:
         """Every socket of family and protocol whose state bit (1 << state) is in states.
         info: also ask for tcp_info (rto_us)."""
-        seq = next(_seq)
         ext = 1 << (INET_DIAG_INFO - 1) if info else 0
         body = _REQ.pack(family, protocol, ext, states)
-        flags = NLM_F_REQUEST | NLM_F_DUMP
-        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body)
-        rows: list[DiagRow] = []
-        while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
-                    raise OSError(f"sock_diag: malformed message of length {length}")
-                start, offset = offset + _NLMSGHDR.size, offset + (length + 3 & ~3)
-                if mseq != seq:
-                    continue  # an answer to an earlier request cut short: not ours
-                if kind == NLMSG_DONE:
-                    return rows
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, start)[0]
-                    if err:
-                        raise OSError(err, f"sock_diag dump (family {family}, protocol {protocol}): {os.strerror(err)}")
-                    continue
-                rows.append(self._row(data, start, start - _NLMSGHDR.size + length))
+        what = f"sock_diag dump (family {family}, protocol {protocol})"
+        return [self._row(m) for m in request(self.sock, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, body, what)]
 
     @staticmethod
-    def _row(data: bytes, start: int, end: int) -> DiagRow:
-        fam, state, _tm, _re, sport, dport, src, dst, _if, _ck, _ex, rq, wq, _uid, inode = _MSG.unpack_from(data, start)
-        rto = shutdown = None
-        pos = start + _MSG.size
-        while pos + _RTA.size <= end:
-            alen, atype = _RTA.unpack_from(data, pos)
-            if alen < _RTA.size:
-                break
-            if atype == INET_DIAG_INFO and alen >= _RTA.size + _TCPI_RTO.size:
-                (rto,) = _TCPI_RTO.unpack_from(data, pos + _RTA.size)
-            elif atype == INET_DIAG_SHUTDOWN and alen > _RTA.size:
-                shutdown = data[pos + _RTA.size]
-            pos += alen + 3 & ~3
+    def _row(data: bytes) -> DiagRow:
+        fam, state, _tm, _re, sport, dport, src, dst, _if, _ck, _ex, rq, wq, _uid, inode = _MSG.unpack_from(data)
+        attrs = attributes(data, _MSG.size)
+        info, shut = attrs.get(INET_DIAG_INFO, b""), attrs.get(INET_DIAG_SHUTDOWN, b"")
+        rto = _TCPI_RTO.unpack_from(info)[0] if len(info) >= _TCPI_RTO.size else None
+        shutdown = shut[0] if shut else None
         return DiagRow(
             fam,
             state,

@@ -1,0 +1,52 @@
+"""One netlink request and its answer, for the suite's own rtnetlink and sock_diag clients
+(conformance/rtnl.py, conformance/sockdiag.py; why they are not pyroute2's is said there)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_seq = itertools.count(1)
+
+
+def request(sock, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
+    """Send one request (NLM_F_REQUEST is added) on a bound netlink socket; return the bodies of the
+    messages answering it, up to its end: a dump's NLMSG_DONE, or the acknowledgement (NLM_F_ACK).
+    A refusal raises OSError with the kernel's errno, naming `what`."""
+    seq = next(_seq)
+    sock.send(HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
+    answers = []
+    while True:
+        data = sock.recv(1 << 16)
+        offset = 0
+        while offset + HEADER.size <= len(data):
+            length, mtype, _flags, mseq, _pid = HEADER.unpack_from(data, offset)
+            if length < HEADER.size:
+                raise OSError(f"netlink: malformed message of length {length} ({what})")
+            start, offset = offset + HEADER.size, offset + (length + 3 & ~3)
+            if mseq != seq:
+                continue  # an answer to an earlier request cut short: not ours
+            if mtype == NLMSG_DONE:
+                return answers
+            if mtype == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", data, start)[0]
+                if err:
+                    raise OSError(err, f"{what}: {os.strerror(err)}")
+                return answers
+            answers.append(data[start : start - HEADER.size + length])
+
+
+def attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    """The attributes (struct rtattr / nlattr: length, type, payload) of a message from offset on, by type."""
+    found = {}
+    while offset + 4 <= len(data):
+        size, kind = struct.unpack_from("=HH", data, offset)
+        if size < 4:
+            break
+        found[kind & 0x3FFF] = data[offset + 4 : offset + size]  # without the nested / byte-order flags
+        offset += size + 3 & ~3
+    return found
