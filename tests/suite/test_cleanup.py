@@ -58,6 +58,19 @@ def run_namespaces(pid):
     return sorted(name for name, owner in owned_names(suite_namespaces()) if owner == pid or _parent(owner) == pid)
 
 
+def case_started(proc):
+    """Wait (20 s at most) until proc's run has a case with its namespaces and a process in them:
+    (namespace names, pids in them)."""
+    names, agents = [], []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not agents:
+        names = run_namespaces(proc.pid)
+        agents = [p for n in names for p in netns_pids(n)]
+        time.sleep(0.05)
+    assert names and agents, "the case never started its namespaces and agent"
+    return names, agents
+
+
 @pytest.mark.parametrize("in_flight", ["1", "2"], ids=["in-process", "in-flight"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_run_leaves_nothing(sig, in_flight):
@@ -93,13 +106,7 @@ def test_interrupted_run_leaves_nothing(sig, in_flight):
         [sys.executable, "-c", launcher], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        names, agents = [], []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not agents:
-            names = run_namespaces(proc.pid)
-            agents = [p for n in names for p in netns_pids(n)]
-            time.sleep(0.05)
-        assert names and agents, "the case never started its namespaces and agent"
+        names, agents = case_started(proc)
         time.sleep(0.3)  # inside connect(), waiting for the SYN timer
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
@@ -365,13 +372,7 @@ def test_killed_pytest_leaves_nothing_of_its_cases_in_flight():
         stderr=subprocess.DEVNULL,
     )
     try:
-        names, agents = [], []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not agents:
-            names = run_namespaces(proc.pid)
-            agents = [p for n in names for p in netns_pids(n)]
-            time.sleep(0.05)
-        assert names and agents, "the case never started its namespaces and agent"
+        names, agents = case_started(proc)
         child = next(owner for _, owner in owned_names(names))
         proc.kill()
         proc.wait()
