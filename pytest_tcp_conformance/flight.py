@@ -45,11 +45,6 @@ AUTO_PER_CPU = 8
 DRAIN_AFTER_INTERRUPT_S = 60.0
 
 
-def runs_in_flight(item) -> bool:
-    """A conformance case (one that makes its own namespaces: a child process can run it on its own)."""
-    return "net" in getattr(item, "fixturenames", ())
-
-
 class _Child:
     """A forked child that runs cases one after another: item indexes in, pickled reports out."""
 
