@@ -238,16 +238,17 @@ def _unshare_net(what: str) -> None:
 def _make_nursery() -> dict:
     def run():
         _unshare_net("the nursery namespace")
-        derived = {key: open(sysctl_path(key)).read().strip() for key in DERIVED_SYSCTLS}
-        try:
-            for key, value in CHILD_HASH_SYSCTLS.items():
+        derived = {}
+        for key in DERIVED_SYSCTLS:
+            with open(sysctl_path(key)) as f:
+                derived[key] = f.read().strip()
+        for key, value in CHILD_HASH_SYSCTLS.items():
+            try:
                 with open(sysctl_path(key), "w") as f:
                     f.write(value)
-        except OSError:  # FileNotFoundError: a kernel before 6.1 (TCP) or 6.2 (UDP)
-            pass
-        with open(sysctl_path("net.ipv4.tcp_child_ehash_entries")) as f:
-            if f.read().strip() == "0":
-                return {"fd": None, "sysctls": {}}
+            except OSError:  # FileNotFoundError: a kernel before 6.1 (TCP) or 6.2 (UDP)
+                if key == "net.ipv4.tcp_child_ehash_entries":
+                    return {"fd": None, "sysctls": {}}  # namespaces are made as before
         return {"fd": os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC), "sysctls": derived}
 
     try:
