@@ -199,8 +199,8 @@ class Agent:
     ):
         """deadline: seconds the agent may take to start, or to answer a call with no timeout of
         its own, before it is killed as hung (default DEFAULT_DEADLINE). pass_fds: descriptors the
-        agent inherits (every other one is closed); the launcher (setpriv, ip netns exec, unshare)
-        keeps them open across its execs."""
+        agent inherits (every other one is closed); the launcher (conformance/launch.c) keeps them
+        open across its exec."""
         self.name = name
         self.argv = argv
         self.deadline = DEFAULT_DEADLINE if deadline is None else deadline

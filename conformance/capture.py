@@ -9,6 +9,8 @@ with dpkt into Segment records.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import struct
 import threading
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import dpkt
 
 from . import outputs
-from .timing import wait_until
+from .timing import slack
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
@@ -140,37 +142,50 @@ class Capture:
         self.frames: list[tuple[float, bytes]] = []
         self._parsed: list[Segment] = []  # frames[:len(_parsed)], parsed once (every wait looks again)
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified with every frame appended
         self._parse_lock = threading.Lock()
         self._stop = threading.Event()
+        # The capture thread sleeps in poll() on the socket and this pipe (stop() writes to it): no
+        # timeout to wake on while the wire is quiet, and stop() does not wait for one to run out.
+        self._wake_r, self._wake_w = os.pipe()
         self._sock = host.call(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self._sock.bind((host.ifname, ETH_P_ALL))
         self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self._sock.settimeout(0.02)
+        self._sock.setblocking(False)
         self._thread = threading.Thread(target=self._run, name=f"capture-{host.ifname}", daemon=True)
         self._thread.start()
 
     def _run(self):
         cmsg_space = socket.CMSG_SPACE(16)
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
-            try:
-                data, anc, _flags, _addr = self._sock.recvmsg(65536, cmsg_space)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            ts = time.time()
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", payload[:16])
-                    ts = sec + nsec / 1e9
-            with self._lock:
-                self.frames.append((ts, data))
+            poller.poll()
+            while not self._stop.is_set():
+                try:
+                    data, anc, _flags, _addr = self._sock.recvmsg(65536, cmsg_space)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return
+                ts = time.time()
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+                        sec, nsec = struct.unpack("qq", payload[:16])
+                        ts = sec + nsec / 1e9
+                with self._arrived:
+                    self.frames.append((ts, data))
+                    self._arrived.notify_all()
 
     def stop(self):
         if not self._stop.is_set():
             self._stop.set()
+            os.write(self._wake_w, b"x")
             self._thread.join(timeout=2)
             self._sock.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def segments(self) -> list[Segment]:
         with self._parse_lock:
@@ -185,10 +200,19 @@ class Capture:
 
     def wait_for(self, predicate, timeout: float, count: int = 1) -> list[Segment]:
         """Wait until `count` segments match predicate (bounded by timeout, scaled by the run's
-        slack); return the matches."""
-        matches = lambda: [s for s in self.segments() if predicate(s)]  # noqa: E731
-        wait_until(lambda: len(matches()) >= count, timeout, 0.005, 0.005)  # the wire is cheap to look at
-        return matches()
+        slack); return the matches. Woken by each frame that arrives, so it neither polls nor lags."""
+        deadline = time.monotonic() + slack(timeout)
+        found: list[Segment] = []
+        looked = 0  # segments the predicate has seen
+        while True:
+            segments = self.segments()
+            found += [s for s in segments[looked:] if predicate(s)]
+            looked = len(segments)
+            left = deadline - time.monotonic()
+            if len(found) >= count or left <= 0:
+                return found
+            with self._arrived:
+                self._arrived.wait_for(lambda: len(self.frames) > looked, left)
 
     def expect(self, predicate, what: str, timeout: float = 1.0) -> Segment:
         """The first segment matching predicate (waiting, bounded); fail naming `what` otherwise.

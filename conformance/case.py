@@ -11,6 +11,7 @@ pytest can use it directly:
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -20,9 +21,9 @@ from . import privilege
 from .agent import Agent, AgentError
 from .capture import Capture
 from .stack import StackView
-from .targets import Target
+from .targets import Target, build_launcher
 from .timing import RUNTIME_GRACE, WAIT, holds, slack
-from .topology import ALL_STATES, Host, Topology, diag_socket, new_base
+from .topology import ALL_STATES, NETNS_DIR, Host, Topology, diag_socket, new_base
 
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
 CLOSED_PORT = 9  # a port nothing listens on
@@ -83,31 +84,16 @@ class Connection:
 
 
 def launcher(ns: str, uid: int = 0) -> list[str]:
-    """argv prefix that runs a command inside namespace ns, in a PID namespace of its own.
+    """argv prefix that runs a command inside namespace ns, in a PID namespace of its own, as uid
+    without capabilities: the harness's launcher (conformance/launch.c; conformance/privilege.py says
+    what it takes away).
 
-    The agent dies with the harness (PR_SET_PDEATHSIG, kept across exec), so even
-    a SIGKILLed pytest worker leaves no agent behind. It is PID 1 of a new PID
-    namespace (util-linux unshare --pid --fork --kill-child): when the unshare
-    process (the PID the harness holds) is killed, the agent is killed, and with
-    it every process it started, whatever signals they ignore: a wrapper script
-    without exec or an agent that forks leaves nothing running. The agent itself
-    runs without capabilities, as uid (conformance/privilege.py).
+    The launcher dies with the harness (PR_SET_PDEATHSIG), and the agent, PID 1 of its PID
+    namespace, dies with the launcher: when the launcher (the PID the harness holds) is killed, the
+    agent is killed, and with it every process it started, whatever signals they ignore: a wrapper
+    script without exec or an agent that forks leaves nothing running.
     """
-    return [
-        "setpriv",
-        "--pdeathsig",
-        "KILL",
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "unshare",
-        "--pid",
-        "--fork",
-        "--kill-child=SIGKILL",
-        "--",
-        *privilege.drop(uid),
-    ]
+    return [str(build_launcher()), os.path.join(NETNS_DIR, ns), str(uid), "--"]
 
 
 class Net:

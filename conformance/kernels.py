@@ -930,6 +930,10 @@ def _prebuild(args: list[str]) -> None:
             selected = set(args[i + 1].split(","))
         elif a.startswith("--targets="):
             selected = set(a.partition("=")[2].split(","))
+    try:
+        targets.build_launcher()  # every agent of the guest's run starts through it
+    except Exception:
+        pass
     for target in targets.builtin_targets().values():
         if target.build is not None and (target.name in selected if selected is not None else target.default):
             try:

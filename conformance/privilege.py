@@ -2,18 +2,20 @@
 
 An agent only makes socket calls in its own network namespace; whatever a case
 needs privileged (sysctls, routes, qdiscs, namespaces), the harness does. So
-the agent is started through util-linux setpriv with every capability dropped
-(effective, inheritable, ambient and the bounding set) and no_new_privs set, so
+the agent is started through the harness's launcher (conformance/launch.c, the
+argv prefix conformance.case.launcher gives) with every capability dropped
+(the bounding set, the inheritable and ambient sets) and no_new_privs set, so
 nothing it executes can gain one back. Without CAP_SYS_ADMIN it cannot enter
 another namespace (setns) or mount; without CAP_NET_ADMIN it cannot change its
 namespace's network.
 
 Uid 0 without capabilities still owns root's files (and the host's sysctls
 outside the network namespace, which uid 0 may write), so the agent also
-drops to AGENT_UID (nobody) when everything its command line names is
-reachable by other users. Where it is not (an interpreter under /root, say),
-it keeps uid 0 without capabilities, and the harness records why: put the
-agent's files where other users can read them for the full protection.
+drops to AGENT_UID (nobody, its group, no supplementary groups) when
+everything its command line names is reachable by other users. Where it is
+not (an interpreter under /root, say), it keeps uid 0 without capabilities,
+and the harness records why: put the agent's files where other users can read
+them for the full protection.
 """
 
 from __future__ import annotations
@@ -73,11 +75,3 @@ def agent_uid(argv: list[str]) -> tuple[int, str]:
         if os.path.isabs(arg) and os.path.exists(arg) and not _reachable(arg, execute=False):
             return own, f"{arg} is not reachable for uid {AGENT_UID}"
     return AGENT_UID, ""
-
-
-def drop(uid: int) -> list[str]:
-    """The argv prefix that runs a command with no capabilities, no_new_privs, as uid (and its group;
-    our own uid stays as it is, groups too: a rootless run's user namespace may forbid setgroups)."""
-    ids = [] if uid == os.geteuid() else [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-    caps = ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
-    return ["setpriv", "--no-new-privs", *caps, *ids, "--pdeathsig=keep", "--"]

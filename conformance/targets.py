@@ -108,22 +108,36 @@ def cached_build(name: str, key: str, build) -> Path:
 def _run_build(what: str, argv: list[str], cwd: Path, env=None, timeout: float = 600):
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
-        raise BuildError(f"building the {what} agent failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+        raise BuildError(f"building the {what} failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
 
 
 C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 
 
-def build_c(static: bool = False) -> Path:
+def _build_gcc(name: str, what: str, src: Path, static: bool) -> Path:
+    """One C file built with gcc (static: no dynamic loader at each start), keyed by it and gcc's version."""
     gcc = find_tool("gcc", "gcc")
-    src = TARGETS_DIR / "c" / "agent.c"
     flags = C_FLAGS + (["-static"] if static else [])
     key = content_key([src], tool_version([gcc, "--version"]), *flags)
     return cached_build(
-        "c" + ("-static" if static else ""),
+        name + ("-static" if static else ""),
         key,
-        lambda out: _run_build("C", [gcc, *flags, "-o", str(out), str(src)], src.parent),
+        lambda out: _run_build(what, [gcc, *flags, "-o", str(out), str(src)], src.parent),
     )
+
+
+def build_c(static: bool = False) -> Path:
+    return _build_gcc("c", "C agent", TARGETS_DIR / "c" / "agent.c", static)
+
+
+_launcher: list[Path] = []  # built once per process (and before the flight's children fork)
+
+
+def build_launcher() -> Path:
+    """The harness's agent launcher (conformance/launch.c, see conformance/privilege.py), static."""
+    if not _launcher:
+        _launcher.append(_build_gcc("launch", "agents' launcher", Path(__file__).with_name("launch.c"), static=True))
+    return _launcher[0]
 
 
 def _build_go_module(name: str, what: str, timeout: float = 600) -> Path:
@@ -135,7 +149,7 @@ def _build_go_module(name: str, what: str, timeout: float = 600) -> Path:
     env = dict(os.environ, CGO_ENABLED="0")
     env.setdefault("GOFLAGS", "-mod=mod")
     argv = [go, "build", "-trimpath", "-o"]
-    return cached_build(name, key, lambda out: _run_build(what, [*argv, str(out), "."], src_dir, env, timeout))
+    return cached_build(name, key, lambda out: _run_build(f"{what} agent", [*argv, str(out), "."], src_dir, env, timeout))
 
 
 def build_go() -> Path:
@@ -170,7 +184,7 @@ def build_rust() -> Path:
             RUSTFLAGS="-C target-feature=+crt-static",
             PATH=os.path.dirname(cargo) + os.pathsep + os.environ.get("PATH", ""),
         )
-        _run_build("Rust", [cargo, "build", "--release", "--offline", "--locked", "--target", RUST_TRIPLE], src, env)
+        _run_build("Rust agent", [cargo, "build", "--release", "--offline", "--locked", "--target", RUST_TRIPLE], src, env)
         shutil.copy(target_dir / RUST_TRIPLE / "release" / "tcc-agent", out)
         os.chmod(out, 0o755)
 
@@ -199,7 +213,7 @@ def build_java() -> Path:
 
     def build(out: Path):
         with tempfile.TemporaryDirectory(prefix="tcc-javac-") as classes:
-            _run_build("Java", [javac, *flags, "-d", classes, str(src)], src.parent)
+            _run_build("Java agent", [javac, *flags, "-d", classes, str(src)], src.parent)
             _run_build(
                 "Java", [jar, "--create", "--main-class", "Agent", "--file", str(out), "-C", classes, "."], src.parent
             )

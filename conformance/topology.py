@@ -896,8 +896,8 @@ class Topology:
         )
 
     def close(self):
+        end_processes_in(self.created)
         for ns in reversed(self.created):
-            end_processes_in(ns)
             leave_netns(ns)
             try:
                 netns.remove(ns)
@@ -906,35 +906,43 @@ class Topology:
         self.created.clear()
 
 
-def processes_in(ns: str) -> list[int]:
-    """PIDs of the processes whose network namespace is ns (what `ip netns pids` lists)."""
-    try:
-        inode = os.stat(os.path.join(NETNS_DIR, ns)).st_ino
-    except FileNotFoundError:
+def processes_in(*namespaces: str) -> list[int]:
+    """PIDs of the processes whose network namespace is one of these (what `ip netns pids` lists).
+    One look through /proc for all of them: a look stats every process's namespace (about 1.5 ms of
+    CPU with a run's agents alive)."""
+    inodes = set()
+    for ns in namespaces:
+        try:
+            inodes.add(os.stat(os.path.join(NETNS_DIR, ns)).st_ino)
+        except FileNotFoundError:
+            pass
+    if not inodes:
         return []
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
                     pids.append(int(entry))
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 pass
     return pids
 
 
-def end_processes_in(ns: str, timeout: float = 2.0) -> list[int]:
-    """Before a namespace of ours goes: kill (by PID) every process still in it, and wait (bounded) for
+def end_processes_in(namespaces, timeout: float = 2.0) -> list[int]:
+    """Before namespaces of ours go: kill (by PID) every process still in one, and wait (bounded) for
     them. They can only be processes an agent of ours started that escaped its PID namespace's end
     (a container's are the engine's: a Docker target's namespace is wired from a container we started).
     Returns the PIDs found."""
-    found = processes_in(ns)
+    found = processes_in(*namespaces)
+    if not found:
+        return found
     for pid in found:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    wait_until(lambda: not [p for p in processes_in(ns) if _alive(p)], timeout)
+    wait_until(lambda: not [p for p in processes_in(*namespaces) if _alive(p)], timeout)
     return found
 
 
