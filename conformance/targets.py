@@ -192,9 +192,10 @@ def build_rust() -> Path:
 
 
 # The JVM's own warnings go to stderr (by default they go to stdout, into the replies), no perf data
-# file lands in the host's /tmp, and a client VM starts fast (Agent.java measures the choices).
+# file lands in the host's /tmp, and the JVM starts fast: -Xint, no JIT compiler threads (an agent
+# runs a few hundred calls at most; measured 131 ms of CPU to start, against 166 with C1 only).
 JAVA_FLAGS = (
-    "-XX:TieredStopAtLevel=1",
+    "-Xint",
     "-XX:+UseSerialGC",
     "-XX:-UsePerfData",
     "-Xshare:auto",
@@ -215,15 +216,45 @@ def build_java() -> Path:
         with tempfile.TemporaryDirectory(prefix="tcc-javac-") as classes:
             _run_build("Java agent", [javac, *flags, "-d", classes, str(src)], src.parent)
             _run_build(
-                "Java", [jar, "--create", "--main-class", "Agent", "--file", str(out), "-C", classes, "."], src.parent
+                "Java agent",
+                [jar, "--create", "--main-class", "Agent", "--file", str(out), "-C", classes, "."],
+                src.parent,
             )
         os.chmod(out, 0o644)
 
     return cached_build("java", key, build)
 
 
+# What the class-archive run asks the agent: it loads the classes of a start, of sockets of both
+# families and kinds, and of their options (no address is bound: nothing reaches any network).
+JAVA_TRAINING = "socket tcp inet\nsocket tcp inet6\nsocket udp inet\nsocket udp inet6\nquit\n"
+
+
+def java_class_archive(java: str, jar: Path) -> Path:
+    """A class data sharing archive of the agent's classes (-XX:ArchiveClassesAtExit, JDK 13 and
+    newer), made once by a run of the agent: a JVM then maps them instead of loading and verifying
+    them at each start (measured 110 ms of CPU to start instead of 131). Keyed by the jar and the
+    installed JVM (its files' identity, which an upgrade changes; asking `java -version` would cost a
+    JVM start). A JVM that cannot use the archive ignores it (-Xshare:auto)."""
+    home = Path(os.path.realpath(java)).parent.parent
+    jvm = [p for p in (home / "bin" / "java", *sorted(home.glob("lib/server/libjvm.so"))) if p.exists()]
+    identity = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in jvm]
+    key = content_key([jar], *identity)
+
+    def build(out: Path):
+        argv = [java, *JAVA_FLAGS, f"-XX:ArchiveClassesAtExit={out}", "-cp", str(jar), "Agent"]
+        proc = subprocess.run(argv, input=JAVA_TRAINING, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0 or not out.exists():
+            raise BuildError(f"making the Java agent's class archive failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+        os.chmod(out, 0o644)
+
+    return cached_build("java-classes", key, build)
+
+
 def java_launch(jar: Path) -> list[str]:
-    return [find_tool("java", "default-jre-headless"), *JAVA_FLAGS, "-cp", str(jar), "Agent"]
+    java = find_tool("java", "default-jre-headless")
+    archive = java_class_archive(java, jar)
+    return [java, *JAVA_FLAGS, f"-XX:SharedArchiveFile={archive}", "-cp", str(jar), "Agent"]
 
 
 NODE_AGENT = TARGETS_DIR / "node" / "agent.js"

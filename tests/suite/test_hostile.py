@@ -169,3 +169,48 @@ def test_an_agent_cannot_leave_its_sandbox():
     assert agent.uid == AGENT_UID, agent.uid_reason
     assert reply.msg == "did:nothing", f"the agent got out: {reply.msg}"
     assert after == before, "the host changed"
+
+
+SANDBOX = """#!/bin/sh
+echo "ready proto=1 lang=sh version=1 pid=$$"
+read line
+status=$(grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status | tr -d ' \\t' | tr '\\n' ,)
+echo "unsupported 1 msg=pid:$$,uid:$(id -u),groups:$(id -G | tr ' ' +),$status"
+read line
+"""
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["as-nobody", "keeps-uid-0"])
+def test_the_launcher_takes_every_capability(tmp_path, reachable):
+    """What the launcher (conformance/launch.c) hands the agent, read from the kernel's view of it:
+    PID 1 of its own PID namespace, no capability in any set (also when it keeps uid 0 because its
+    files are out of nobody's reach), no_new_privs, and nobody's ids without supplementary groups."""
+    import os
+    import subprocess
+
+    from conformance.case import Net
+    from conformance.privilege import AGENT_UID
+    from conformance.targets import Target
+
+    folder = tempfile.mkdtemp(prefix="tcc-sandbox-", dir="/tmp") if reachable else str(tmp_path)
+    os.chmod(folder, 0o755 if reachable else 0o700)
+    script = os.path.join(folder, "sandbox.sh")
+    with open(script, "w") as f:
+        f.write(SANDBOX)
+    os.chmod(script, 0o755)
+    try:
+        with Net() as net:
+            agent = net.start(Target("sandbox", ["/bin/sh", script]))
+            seen = dict(kv.split(":", 1) for kv in agent.call("socket tcp inet").msg.strip(",").split(","))
+    finally:
+        if reachable:
+            subprocess.run(["rm", "-rf", folder], check=True)
+    uid = AGENT_UID if reachable else 0
+    assert agent.uid == uid, agent.uid_reason
+    assert seen["pid"] == "1", f"the agent is not PID 1 of a PID namespace of its own: {seen}"
+    assert seen["uid"] == str(uid), seen
+    if reachable:
+        assert seen["groups"] == str(AGENT_UID), f"supplementary groups kept: {seen}"
+    sets = {k: v for k, v in seen.items() if k.startswith("Cap")}
+    assert sets == dict.fromkeys(["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"], "0000000000000000"), sets
+    assert seen["NoNewPrivs"] == "1", seen
