@@ -33,9 +33,11 @@
  * 100 ms less CPU at start):
  *   javac -Xlint:all -Werror -XDstringConcat=inline -d classes Agent.java
  *   jar --create --main-class Agent --file agent.jar -C classes .
- * Run (-XX:-UsePerfData: no /tmp/hsperfdata file; -Xlog: the JVM's own warnings
- * go to stderr, never into the replies on stdout):
- *   java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:-UsePerfData -Xshare:auto
+ * Run (-Xint: no JIT compiler threads to start; -XX:-UsePerfData: no
+ * /tmp/hsperfdata file; -Xlog: the JVM's own warnings go to stderr, never into
+ * the replies on stdout; the harness adds -XX:SharedArchiveFile=, an archive of
+ * these classes made once with -XX:ArchiveClassesAtExit, conformance/targets.py):
+ *   java -Xint -XX:+UseSerialGC -XX:-UsePerfData -Xshare:auto
  *        -Xlog:disable -Xlog:all=warning:stderr -cp agent.jar Agent
  */
 import java.io.BufferedInputStream;
