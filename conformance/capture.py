@@ -148,7 +148,10 @@ class Capture:
         # The capture thread sleeps in poll() on the socket and this pipe (stop() writes to it): no
         # timeout to wake on while the wire is quiet, and stop() does not wait for one to run out.
         self._wake_r, self._wake_w = os.pipe()
-        self._sock = host.call(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # Protocol 0 at first: the socket receives nothing until bind() names the interface and
+        # ETH_P_ALL. (Made with ETH_P_ALL, it would hear every interface until then, and bind() would
+        # wait for an RCU grace period to unhook it: about 13 ms.)
+        self._sock = host.call(socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
         self._sock.bind((host.ifname, ETH_P_ALL))
         self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._sock.setblocking(False)

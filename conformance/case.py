@@ -334,17 +334,14 @@ def shut_down(end: End) -> str | None:
     if end.host.stack is not None:
         return end.host.stack.shut(end.addr, end.port, end.remote_port)
 
-    def run():
-        ds = diag_socket()  # the namespace thread's
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            for m in ds.dump(fam, socket.IPPROTO_TCP, ALL_STATES):
-                if (m.src, m.sport, m.dport) == (end.addr, end.port, end.remote_port):
-                    if not m.inode:
-                        return "closed"
-                    return SHUTDOWN.get(m.shutdown or 0, "?")
-        return None
-
-    return end.host.call(run)
+    ds = diag_socket(end.host.ns)
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for m in ds.dump(fam, socket.IPPROTO_TCP, ALL_STATES):
+            if (m.src, m.sport, m.dport) == (end.addr, end.port, end.remote_port):
+                if not m.inode:
+                    return "closed"
+                return SHUTDOWN.get(m.shutdown or 0, "?")
+    return None
 
 
 def abort(sock: socket.socket) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 from .netlink import NLM_F_DUMP, attributes, request
@@ -56,6 +57,7 @@ class SockDiag:
     def __init__(self):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         self.sock.bind((0, 0))
+        self._lock = threading.Lock()  # one dump at a time: the answers of two would interleave
 
     def close(self) -> None:
         self.sock.close()
@@ -66,7 +68,8 @@ class SockDiag:
         ext = 1 << (INET_DIAG_INFO - 1) if info else 0
         body = _REQ.pack(family, protocol, ext, states)
         what = f"sock_diag dump (family {family}, protocol {protocol})"
-        return [self._row(m) for m in request(self.sock, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, body, what)]
+        with self._lock:
+            return [self._row(m) for m in request(self.sock, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, body, what)]
 
     @staticmethod
     def _row(data: bytes) -> DiagRow:

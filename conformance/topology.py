@@ -173,6 +173,10 @@ def in_netns(ns: str, fn, *args, **kwargs):
 
 def leave_netns(ns: str) -> None:
     """End the thread of ours inside ns (before the namespace is removed: it would keep it alive)."""
+    with _diags_lock:
+        ds = _diags.pop(ns, None)
+    if ds is not None:
+        ds.close()
     with _ns_threads_lock:
         pool = _ns_threads.pop(ns, None)
     if pool is not None:
@@ -180,17 +184,26 @@ def leave_netns(ns: str) -> None:
         pool.shutdown(wait=True)
 
 
-def diag_socket() -> SockDiag:
-    """The sock_diag socket of the namespace thread calling it, opened once: a case asks a
-    namespace's socket table hundreds of times (every wait polls it)."""
-    ds = getattr(_inside, "diag", None)
+_diags: dict[str, SockDiag] = {}  # a namespace's sock_diag socket (made inside it, used from any thread)
+_diags_lock = threading.Lock()
+
+
+def diag_socket(ns: str) -> SockDiag:
+    """The sock_diag socket of namespace ns, opened once inside it: a socket keeps the namespace it was
+    made in, so a dump needs no hop to the namespace's thread (each wait of a case polls the table)."""
+    with _diags_lock:
+        ds = _diags.get(ns)
     if ds is None:
-        ds = _inside.diag = SockDiag()
+        made = in_netns(ns, SockDiag)
+        with _diags_lock:
+            ds = _diags.setdefault(ns, made)
+        if ds is not made:
+            made.close()
     return ds
 
 
 def route_socket() -> IPRoute:
-    """The rtnetlink socket of the namespace thread calling it, opened once (as diag_socket): a new
+    """The rtnetlink socket of the namespace thread calling it, opened once: a new
     IPRoute (its own event loop in pyroute2 0.9) cost about 4 ms of CPU a call. groups=0: it joins no
     multicast group, so no announcement queues up on it between calls."""
     ipr = getattr(_inside, "ipr", None)
@@ -208,7 +221,7 @@ def rtnl_socket() -> Rtnl:
 
 
 def _close_thread_sockets() -> None:
-    for name in ("diag", "ipr", "rtnl"):
+    for name in ("ipr", "rtnl"):
         sock = getattr(_inside, name, None)
         if sock is not None:
             setattr(_inside, name, None)
@@ -478,26 +491,24 @@ class Host:
         if state in STATE_NUMBERS:  # the kernel dumps only that state's sockets: less to parse
             states = 1 << STATE_NUMBERS[state] | (1 << TCP_BOUND_INACTIVE if bound else 0)
 
-        def run():
-            ds = diag_socket()
-            return [
-                SockInfo(
-                    state=TCP_STATES.get(m.state, str(m.state)),
-                    src=m.src,
-                    sport=m.sport,
-                    dst=m.dst,
-                    dport=m.dport,
-                    rqueue=m.rqueue,
-                    wqueue=m.wqueue,
-                    family=fam,
-                    proto=proto,
-                    owned=m.inode != 0,
-                )
-                for fam in fams
-                for m in ds.dump(fam, PROTOS[proto], states)
-            ]
-
-        return [r for r in self.call(run) if all(getattr(r, k) == v for k, v in match.items())]
+        ds = diag_socket(self.ns)
+        rows = [
+            SockInfo(
+                state=TCP_STATES.get(m.state, str(m.state)),
+                src=m.src,
+                sport=m.sport,
+                dst=m.dst,
+                dport=m.dport,
+                rqueue=m.rqueue,
+                wqueue=m.wqueue,
+                family=fam,
+                proto=proto,
+                owned=m.inode != 0,
+            )
+            for fam in fams
+            for m in ds.dump(fam, PROTOS[proto], states)
+        ]
+        return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
 
     def wait_state(self, state: str, timeout: float = WAIT, **match) -> SockInfo | None:
         """Wait (bounded, scaled by the run's slack) until a socket in state matches **match; it, or None."""
@@ -634,16 +645,13 @@ class Host:
         if self.stack is not None:
             return self.stack.rto_ms(match)
 
-        def run():
-            ds = diag_socket()
-            for fam in (socket.AF_INET, socket.AF_INET6):
-                for m in ds.dump(fam, IPPROTO_TCP, ALL_STATES, info=True):
-                    fields = {"src": m.src, "sport": m.sport, "dst": m.dst, "dport": m.dport}
-                    if m.rto_us is not None and all(fields[k] == v for k, v in match.items()):
-                        return m.rto_us // 1000
-            return None
-
-        return self.call(run)
+        ds = diag_socket(self.ns)
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for m in ds.dump(fam, IPPROTO_TCP, ALL_STATES, info=True):
+                fields = {"src": m.src, "sport": m.sport, "dst": m.dst, "dport": m.dport}
+                if m.rto_us is not None and all(fields[k] == v for k, v in match.items()):
+                    return m.rto_us // 1000
+        return None
 
     def neighbour_state(self, addr: str) -> str | None:
         """The state of this host's neighbour entry for addr (NUD name: "FAILED", "PERMANENT"...), None if none."""
