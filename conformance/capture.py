@@ -215,7 +215,8 @@ class Capture:
             if len(found) >= count or left <= 0:
                 return found
             with self._arrived:
-                self._arrived.wait_for(lambda: len(self.frames) > looked, left)
+                if len(self.frames) <= looked:  # nothing new since the look: sleep until a frame comes
+                    self._arrived.wait(left)
 
     def expect(self, predicate, what: str, timeout: float = 1.0) -> Segment:
         """The first segment matching predicate (waiting, bounded); fail naming `what` otherwise.

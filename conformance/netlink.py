@@ -10,6 +10,7 @@ import struct
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+REPLY_TIMEOUT = 10.0  # s: the kernel answers at once; a request left unanswered is a bug, not a wait
 _seq = itertools.count(1)
 
 
@@ -21,7 +22,10 @@ def request(sock, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
     sock.send(HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
     answers = []
     while True:
-        data = sock.recv(1 << 16)
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            raise OSError(f"netlink: no answer in {REPLY_TIMEOUT:g} s ({what})") from None
         offset = 0
         while offset + HEADER.size <= len(data):
             length, mtype, _flags, mseq, _pid = HEADER.unpack_from(data, offset)

@@ -52,33 +52,20 @@ class Held:
 
 def install(host, rate: int = RATE, burst: int = BURST, limit: int = LIMIT) -> None:
     """tbf as the root qdisc of host's veth end (rate in bytes/s)."""
-    host.netlink(lambda ipr: ipr.tc("add", "tbf", index=host.ifindex, handle=ROOT, rate=rate, burst=burst, limit=limit))
+    host.rtnl(lambda r: r.add_tbf(host.ifindex, ROOT, rate, burst, limit))
 
 
 def remove(host) -> None:
     """Remove the root qdisc install() put on host's veth end: its egress is no longer shaped."""
-    host.netlink(lambda ipr: ipr.tc("del", index=host.ifindex, handle=ROOT, root=True))
+    host.rtnl(lambda r: r.delete_root_qdisc(host.ifindex))
 
 
 def stats(host) -> dict:
     """The root qdisc's kind and counters: {'kind', 'qlen', 'backlog', 'drops', 'packets', 'bytes'}."""
 
-    def run(ipr):
-        for q in ipr.get_qdiscs(index=host.ifindex):
-            if q["parent"] != 0xFFFFFFFF:
-                continue
-            out = {"kind": q.get_attr("TCA_KIND")}
-            s2 = q.get_attr("TCA_STATS2")
-            queue = s2.get_attr("TCA_STATS_QUEUE") if s2 else None
-            basic = s2.get_attr("TCA_STATS_BASIC") if s2 else None
-            if queue:
-                out.update(qlen=queue["qlen"], backlog=queue["backlog"], drops=queue["drops"])
-            if basic:
-                out.update(packets=basic["packets"], bytes=basic["bytes"])
-            return out
-        return {}
-
-    return host.netlink(run)
+    q = host.rtnl(lambda r: r.root_qdisc(host.ifindex))
+    q.pop("handle", None)
+    return q
 
 
 def _frames(host, partner_mac: str, count: int) -> None:

@@ -15,7 +15,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from .netlink import NLM_F_DUMP, attributes, request
+from .netlink import NLM_F_DUMP, REPLY_TIMEOUT, attributes, request
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -57,6 +57,7 @@ class SockDiag:
     def __init__(self):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         self.sock.bind((0, 0))
+        self.sock.settimeout(REPLY_TIMEOUT)
         self._lock = threading.Lock()  # one dump at a time: the answers of two would interleave
 
     def close(self) -> None:

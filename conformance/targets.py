@@ -149,7 +149,9 @@ def _build_go_module(name: str, what: str, timeout: float = 600) -> Path:
     env = dict(os.environ, CGO_ENABLED="0")
     env.setdefault("GOFLAGS", "-mod=mod")
     argv = [go, "build", "-trimpath", "-o"]
-    return cached_build(name, key, lambda out: _run_build(f"{what} agent", [*argv, str(out), "."], src_dir, env, timeout))
+    return cached_build(
+        name, key, lambda out: _run_build(f"{what} agent", [*argv, str(out), "."], src_dir, env, timeout)
+    )
 
 
 def build_go() -> Path:
@@ -184,7 +186,9 @@ def build_rust() -> Path:
             RUSTFLAGS="-C target-feature=+crt-static",
             PATH=os.path.dirname(cargo) + os.pathsep + os.environ.get("PATH", ""),
         )
-        _run_build("Rust agent", [cargo, "build", "--release", "--offline", "--locked", "--target", RUST_TRIPLE], src, env)
+        _run_build(
+            "Rust agent", [cargo, "build", "--release", "--offline", "--locked", "--target", RUST_TRIPLE], src, env
+        )
         shutil.copy(target_dir / RUST_TRIPLE / "release" / "tcc-agent", out)
         os.chmod(out, 0o755)
 
@@ -245,7 +249,9 @@ def java_class_archive(java: str, jar: Path) -> Path:
         argv = [java, *JAVA_FLAGS, f"-XX:ArchiveClassesAtExit={out}", "-cp", str(jar), "Agent"]
         proc = subprocess.run(argv, input=JAVA_TRAINING, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0 or not out.exists():
-            raise BuildError(f"making the Java agent's class archive failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+            raise BuildError(
+                f"making the Java agent's class archive failed: {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
+            )
         os.chmod(out, 0o644)
 
     return cached_build("java-classes", key, build)

@@ -19,10 +19,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute, NetlinkError, netns
+from pyroute2 import IPRoute, netns
 
 from .agent import Unsupported
-from .rtnl import Rtnl
+from .rtnl import RT_TABLE_MAIN, RTAX_LOCK, Rtnl
 from .sockdiag import SockDiag
 from .timing import WAIT, wait_until
 
@@ -69,7 +69,6 @@ NUD_STATES = {
 ALL_STATES = 0xFFF  # every real TCP state (1 << 0 .. 1 << 11)
 STATE_NUMBERS = {name: number for number, name in TCP_STATES.items()}
 TCP_BOUND_INACTIVE = 13  # sock_diag pseudo-state (Linux 6.8+): bound, neither listening nor connected
-RT_TABLE_MAIN = 254
 RTAX_RTO_MIN = 13  # route metric: minimum RTO in ms (honoured when its RTAX_LOCK bit is set)
 
 # Set explicitly in every namespace: new namespaces inherit some IPv4 settings
@@ -422,6 +421,10 @@ class Host:
         """A socket of the harness's own, living in this host's namespace."""
         return self.call(socket.socket, FAMILIES[family], kind)
 
+    def rtnl(self, fn):
+        """Run fn(rtnl) with the rtnetlink socket of this namespace's thread (conformance/rtnl.py)."""
+        return self.call(lambda: fn(rtnl_socket()))
+
     def netlink(self, fn):
         """Run fn(ipr) with the IPRoute socket of this namespace's thread (route_socket).
 
@@ -575,24 +578,14 @@ class Host:
     # routes and neighbours
     def route_error(self, addr: str) -> int | None:
         """The errno of a route lookup for addr here (101 ENETUNREACH: no route), None when one exists."""
-
-        def run(ipr):
-            try:
-                ipr.route("get", dst=addr)
-            except NetlinkError as e:
-                return e.code
-            return None
-
-        return self.netlink(run)
+        return self.rtnl(lambda r: r.route_error(addr))
 
     def add_route(self, prefix: str, via: str | None = None) -> None:
         """A route for prefix ("203.0.113.0/24"): through the gateway via, or on this host's link."""
         net = ipaddress.ip_network(prefix)
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         where = {"gateway": via} if via else {"oif": self.ifindex}
-        self.netlink(
-            lambda ipr: ipr.route("add", dst=str(net.network_address), dst_len=net.prefixlen, family=family, **where)
-        )
+        self.rtnl(lambda r: r.add_route(family, str(net.network_address), net.prefixlen, **where))
 
     def set_rto_min(self, seconds: float) -> dict[str, int]:
         """Raise the minimum retransmission timeout of TCP to the link partner to seconds, IPv4 and IPv6.
@@ -605,35 +598,22 @@ class Host:
         ms = round(seconds * 1000)
         wanted = {(socket.AF_INET, str(NET4.network_address)), (socket.AF_INET6, str(NET6.network_address))}
 
-        def run(ipr):
-            got = {}
-            for family, dst in sorted(wanted):
-                for r in ipr.route("dump", family=family, oif=self.ifindex, table=RT_TABLE_MAIN):
-                    if r.get_attr("RTA_DST") != dst:
-                        continue
-                    keep = {"prefsrc": r.get_attr("RTA_PREFSRC"), "priority": r.get_attr("RTA_PRIORITY")}
-                    ipr.route(
-                        "replace",
-                        family=family,
-                        dst=dst,
-                        dst_len=r["dst_len"],
-                        oif=self.ifindex,
-                        table=RT_TABLE_MAIN,
-                        proto=r["proto"],
-                        scope=r["scope"],
-                        type=r["type"],
-                        metrics={"RTAX_LOCK": 1 << RTAX_RTO_MIN, "RTAX_RTO_MIN": ms},
-                        **{k: v for k, v in keep.items() if v is not None},
-                    )
-            for family, dst in sorted(wanted):
-                for r in ipr.route("dump", family=family, oif=self.ifindex, table=RT_TABLE_MAIN):
-                    if r.get_attr("RTA_DST") == dst:
-                        metrics = dict((r.get_attr("RTA_METRICS") or {}).get("attrs", []))
-                        locked = metrics.get("RTAX_LOCK", 0) & (1 << RTAX_RTO_MIN)
-                        got[f"{dst}/{r['dst_len']}"] = metrics.get("RTAX_RTO_MIN") if locked else None
-            return got
+        def run(rtnl):
+            def connected():
+                for family, dst in sorted(wanted):
+                    for r in rtnl.routes(family):
+                        if r.table == RT_TABLE_MAIN and r.oif == self.ifindex and r.dst == dst:
+                            yield dst, r
 
-        got = self.netlink(run)
+            lock = 1 << RTAX_RTO_MIN
+            for _dst, r in list(connected()):
+                rtnl.replace_route(r, {RTAX_LOCK: lock, RTAX_RTO_MIN: ms})
+            return {
+                f"{dst}/{r.dst_len}": r.metrics.get(RTAX_RTO_MIN) if r.metrics.get(RTAX_LOCK, 0) & lock else None
+                for dst, r in connected()
+            }
+
+        got = self.rtnl(run)
         if len(got) != len(wanted) or any(v != ms for v in got.values()):
             raise RuntimeError(f"rto_min {ms} ms did not take on the {self.role}'s connected routes: {got}")
         return got
@@ -658,22 +638,14 @@ class Host:
         if self.stack is not None:
             return self.stack.neighbour_state(addr)
 
-        def run(ipr):
-            for n in ipr.get_neighbours(ifindex=self.ifindex):
-                if n.get_attr("NDA_DST") == addr:
-                    return NUD_STATES.get(n["state"], hex(n["state"]))
-            return None
-
-        return self.netlink(run)
+        for dst, state in self.rtnl(lambda r: r.neighbours(self.ifindex)):
+            if dst == addr:
+                return NUD_STATES.get(state, hex(state))
+        return None
 
     def has_link_local(self) -> bool:
         """Whether the veth end has its IPv6 link-local address yet (it comes up to ~1 s after the link)."""
-        return self.netlink(
-            lambda ipr: any(
-                a.get_attr("IFA_ADDRESS", "").startswith("fe80:")
-                for a in ipr.get_addr(family=socket.AF_INET6, index=self.ifindex)
-            )
-        )
+        return any(a.startswith("fe80:") for a in self.rtnl(lambda r: r.addresses(socket.AF_INET6, self.ifindex)))
 
     # -- a userspace stack on this host's veth (conformance/case.py, Net.start) ------------------
     def deafen(self) -> None:
@@ -863,24 +835,14 @@ class Topology:
         the peer has forwarding off. No netfilter needed.
         """
         addr = BLACKHOLE4 if family == "v4" else BLACKHOLE6
-        self.target.netlink(
-            lambda ipr: ipr.neigh(
-                "replace", dst=addr, lladdr=self.peer.mac, ifindex=self.target.ifindex, state="permanent"
-            )
-        )
+        self.target.rtnl(lambda r: r.permanent_neighbour(self.target.ifindex, addr, self.peer.mac))
         return addr
 
     def add_address(self, addr: str, family: str) -> str:
         """Give the target another address on its veth; the peer reaches it without neighbour discovery."""
         prefix, flags = (NET4.prefixlen, 0) if family == "v4" else (NET6.prefixlen, IFA_F_NODAD)
-        self.target.netlink(
-            lambda ipr: ipr.addr("add", index=self.target.ifindex, address=addr, prefixlen=prefix, flags=flags)
-        )
-        self.peer.netlink(
-            lambda ipr: ipr.neigh(
-                "replace", dst=addr, lladdr=self.target.mac, ifindex=self.peer.ifindex, state="permanent"
-            )
-        )
+        self.target.rtnl(lambda r: r.add_address(self.target.ifindex, addr, prefix, flags))
+        self.peer.rtnl(lambda r: r.permanent_neighbour(self.peer.ifindex, addr, self.target.mac))
         return addr
 
     def route_through_peer(self, prefix: str) -> None:
