@@ -145,3 +145,54 @@ def test_case_namespaces_have_small_socket_tables_of_their_own():
     assert abs(int(got["net.ipv4.tcp_ehash_entries"])) == 1024 < shared, got
     assert abs(int(peer["net.ipv4.tcp_ehash_entries"])) == 1024, peer
     assert int(got["net.ipv4.tcp_max_syn_backlog"]) == max(128, shared // 128), got
+
+
+def test_a_netlink_request_left_unanswered_fails_instead_of_waiting_forever():
+    """conformance/netlink.py: a request whose answer never ends (a route lookup asked without an
+    acknowledgement: the kernel sends the route and nothing after it) fails within the socket's
+    timeout, naming the request, instead of hanging the case."""
+    import socket
+    import time
+
+    from conformance.netlink import request
+    from conformance.rtnl import _RTMSG, RTA_DST, RTM_GETROUTE, _attr
+
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.settimeout(0.2)
+        body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, socket.inet_aton("127.0.0.1"))
+        start = time.monotonic()
+        with pytest.raises(OSError, match=r"no answer in .* \(route get 127\.0\.0\.1\)"):
+            request(sock, RTM_GETROUTE, 0, body, "route get 127.0.0.1")
+    assert time.monotonic() - start < 5
+
+
+def test_shaping_and_routes_read_back_what_they_set():
+    """The rtnetlink requests of conformance/rtnl.py, read back through the kernel: tbf on the
+    peer's veth with the rate, burst and limit asked for (as tc shows them), rto_min on both
+    connected routes, a route lookup's errno, a neighbour entry's state."""
+    import subprocess
+
+    from conformance import shaping
+    from conformance.case import Net
+
+    with Net() as net:
+        shaping.install(net.peer)
+        shown = subprocess.run(
+            ["ip", "netns", "exec", net.peer.ns, "tc", "-d", "qdisc", "show", "dev", net.peer.ifname],
+            capture_output=True,
+            text=True,
+        ).stdout
+        stats = shaping.stats(net.peer)
+        shaping.remove(net.peer)
+        after = shaping.stats(net.peer)
+        rto = net.target.set_rto_min(0.3)
+        unreachable = net.target.route_error("192.0.2.1")
+        reachable = net.target.route_error(net.peer.addr("v6"))
+        state = net.target.neighbour_state(net.peer.addr("v4"))
+    # tc shows the limit as the time it takes to send: 256000 bytes at 125000 bytes/s
+    assert "tbf 1: root" in shown and "rate 1Mbit burst 1600b" in shown and "lat 2.04s" in shown, shown
+    assert stats["kind"] == "tbf" and stats["qlen"] == 0, stats
+    assert after.get("kind") != "tbf", after
+    assert set(rto.values()) == {300} and len(rto) == 2, rto
+    assert (unreachable, reachable, state) == (101, None, "PERMANENT")
