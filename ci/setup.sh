@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the suite needs, only what is missing (idempotent). Run as root.
-#   system: iproute2 (ip netns exec), util-linux (setpriv, unshare), gcc + libc headers (C agent,
-#           static), Go, a JDK (Java agent), Node.js (Node agent), Rust (Rust agent: cargo fetches its
+#   system: iproute2 (ip, tc: the suite's own tests read state back with them), util-linux (setpriv:
+#           the Docker runner, the kernel runs), gcc + libc headers (the agents' launcher and the C
+#           agent, static), Go, a JDK (Java agent), Node.js (Node agent), Rust (Rust agent: cargo fetches its
 #           crates once), chromium (renders the --html page in a test), user-mode-linux and kmod
 #           (Linux 6.1 as a process: .ci/run's kernel comparison)
 #   python: the dependencies listed in pyproject.toml
