@@ -19,8 +19,8 @@ import time
 ENV = "TCC_TIMING_SLACK"
 WAIT = 2.0  # s: the default bound on waiting for something expected soon (a state, a packet)
 POLL = 0.01  # s: how often a wait looks again at first
-# s: the longest gap between two looks of a long wait: a look is a socket-table dump and a hop to the
-# namespace's thread (about 0.5 ms of CPU), and dozens of cases wait at once
+# s: the longest gap between two looks of a long wait: a look is a socket-table dump (about 0.1 ms of
+# CPU), and dozens of cases wait at once
 MAX_POLL = 0.05
 # s: how long a case leaves a queued connection or unread data alone before judging that the target's
 # runtime did too. An event-driven runtime (Node's libuv) accepts and reads on its own 6 to 29 ms after
