@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import dpkt
 
 from . import outputs
-from .timing import slack
+from .timing import MAX_POLL, slack
 
 ETH_P_ALL = 0x0003
+_CMSG_SPACE = socket.CMSG_SPACE(16)  # one struct timespec (SCM_TIMESTAMPNS)
+MAX_ERRORS = 10  # errors the socket may report before the capture thread gives up on it
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 FLAG_BITS = [
@@ -145,6 +147,7 @@ class Capture:
         self._arrived = threading.Condition(self._lock)  # notified with every frame appended
         self._parse_lock = threading.Lock()
         self._stop = threading.Event()
+        self.errors: list[str] = []  # what the socket reported instead of a frame (shown with the wire)
         # The capture thread sleeps in poll() on the socket and this pipe (stop() writes to it): no
         # timeout to wake on while the wire is quiet, and stop() does not wait for one to run out.
         self._wake_r, self._wake_w = os.pipe()
@@ -158,32 +161,44 @@ class Capture:
         self._thread = threading.Thread(target=self._run, name=f"capture-{host.ifname}", daemon=True)
         self._thread.start()
 
-    def _run(self):
-        cmsg_space = socket.CMSG_SPACE(16)
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stop.is_set():
-            poller.poll()
-            while not self._stop.is_set():
+    def _drain(self) -> None:
+        """Move every frame the kernel has queued on the socket into self.frames, in order, each with
+        its kernel timestamp. The capture thread does it as frames arrive, and every reader does it
+        too before it looks: what crossed the wire is seen even when the thread has not been
+        scheduled yet (a loaded machine), and a late read changes no time."""
+        with self._arrived:
+            if self._stop.is_set():
+                return  # the socket is closed
+            count = len(self.frames)
+            while True:
                 try:
-                    data, anc, _flags, _addr = self._sock.recvmsg(65536, cmsg_space)
+                    data, anc, _flags, _addr = self._sock.recvmsg(65536, _CMSG_SPACE)
                 except BlockingIOError:
                     break
-                except OSError:
-                    return
+                except OSError as e:  # an error the socket reports once (ENETDOWN...): kept as evidence
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                    break
                 ts = time.time()
                 for level, kind, payload in anc:
                     if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
                         sec, nsec = struct.unpack("qq", payload[:16])
                         ts = sec + nsec / 1e9
-                with self._arrived:
-                    self.frames.append((ts, data))
-                    self._arrived.notify_all()
+                self.frames.append((ts, data))
+            if len(self.frames) > count:
+                self._arrived.notify_all()
+
+    def _run(self):
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set() and len(self.errors) < MAX_ERRORS:
+            poller.poll()
+            self._drain()
 
     def stop(self):
         if not self._stop.is_set():
-            self._stop.set()
+            with self._arrived:
+                self._stop.set()
             os.write(self._wake_w, b"x")
             self._thread.join(timeout=2)
             self._sock.close()
@@ -191,6 +206,7 @@ class Capture:
             os.close(self._wake_w)
 
     def segments(self) -> list[Segment]:
+        self._drain()
         with self._parse_lock:
             with self._lock:
                 new = self.frames[len(self._parsed) :]
@@ -216,7 +232,7 @@ class Capture:
                 return found
             with self._arrived:
                 if len(self.frames) <= looked:  # nothing new since the look: sleep until a frame comes
-                    self._arrived.wait(left)
+                    self._arrived.wait(min(left, MAX_POLL))  # (or look again: the thread may be late)
 
     def expect(self, predicate, what: str, timeout: float = 1.0) -> Segment:
         """The first segment matching predicate (waiting, bounded); fail naming `what` otherwise.
@@ -240,6 +256,7 @@ class Capture:
 
     def write_pcap(self, path: str) -> None:
         """Write the frames as a pcap file (never through a symlink: conformance.outputs.open_new)."""
+        self._drain()
         with self._lock:
             frames = list(self.frames)
         with outputs.open_new(path) as f:
@@ -252,7 +269,7 @@ class Capture:
         numbers: times from the first frame, seq and ack from each side's first sequence number
         (its ISN where the SYN was seen); link noise (IPv6 multicast listener reports, router
         solicitations, frames of no known protocol) is left out."""
-        return relative(s for s in self.segments() if not noise(s))
+        return relative(s for s in self.segments() if not noise(s)) + [f"(capture: {e})" for e in self.errors]
 
 
 # ICMPv6 the link sends on its own: multicast listener query/report/done (130-132, 143),
