@@ -1,7 +1,8 @@
 """Fresh network namespaces for one case: a target host and a peer host joined by a veth.
 
-Everything is created with pyroute2, directly inside the namespaces (never in
-the host's own namespace), and everything is removed by close(). Names carry
+Everything is created directly inside the namespaces (never in the host's own
+namespace), with the suite's own rtnetlink requests (conformance/rtnl.py), and
+everything is removed by close(). Names carry
 the project prefix and the owner's PID, so a later run can sweep what a killed
 run left behind (see sweep()).
 """
@@ -18,8 +19,6 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-from pyroute2 import IPRoute, netns
 
 from .agent import Unsupported
 from .rtnl import RT_TABLE_MAIN, RTAX_LOCK, Rtnl
@@ -95,6 +94,43 @@ _counter = itertools.count(1)
 CLONE_NEWNET = 0x40000000
 IFA_F_NODAD = 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
+MNT_DETACH = 2
+
+
+# The namespaces' files under /run/netns, made and removed as iproute2's `ip netns add` and `delete`
+# do it. Written with libc here instead of pyroute2's netns module: importing pyroute2 costs about
+# 0.22 s of CPU, paid by every pytest start (and the suite's own tests start hundreds), and only the
+# deafening of a userspace stack's kernel (Host.deafen) needs pyroute2 now.
+def _libc_call(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(fd: int) -> None:
+    """The calling thread enters the network namespace of fd."""
+    _libc_call(_libc.setns(fd, CLONE_NEWNET), "setns")
+
+
+def attach_netns(name: str, pid) -> None:
+    """/run/netns/NAME: a bind mount of process pid's network namespace ("thread-self": the calling
+    thread's). /run/netns is made a shared mount first, so the name shows in every mount namespace."""
+    run = NETNS_DIR.encode()
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    if _libc.mount(b"", run, b"none", MS_SHARED | MS_REC, None) != 0:
+        _libc_call(_libc.mount(run, run, b"none", MS_BIND | MS_REC, None), f"mount --bind {NETNS_DIR}")
+        _libc_call(_libc.mount(b"", run, b"none", MS_SHARED | MS_REC, None), f"mount --make-shared {NETNS_DIR}")
+    path = os.path.join(NETNS_DIR, name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    _libc_call(_libc.mount(f"/proc/{pid}/ns/net".encode(), path.encode(), b"none", MS_BIND, None), f"bind {path}")
+
+
+def remove_netns(name: str) -> None:
+    """Unmount and remove /run/netns/NAME (the namespace ends with the last process or socket in it)."""
+    path = os.path.join(NETNS_DIR, name)
+    _libc.umount2(path.encode(), MNT_DETACH)
+    os.unlink(path)
 
 
 def _base36(n: int) -> str:
@@ -142,7 +178,7 @@ def _run_inside(ns: str, fn, args, kwargs):
     if getattr(_inside, "ns", None) != ns:
         fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
         try:
-            netns.setns(fd, flags=0, fork=False)
+            setns(fd)
         finally:
             os.close(fd)
         _inside.ns = ns
@@ -201,14 +237,23 @@ def diag_socket(ns: str) -> SockDiag:
     return ds
 
 
-def route_socket() -> IPRoute:
-    """The rtnetlink socket of the namespace thread calling it, opened once: a new
-    IPRoute (its own event loop in pyroute2 0.9) cost about 4 ms of CPU a call. groups=0: it joins no
-    multicast group, so no announcement queues up on it between calls."""
+def route_socket():
+    """pyroute2's IPRoute socket of the namespace thread calling it, opened once: a new IPRoute (its
+    own event loop in pyroute2 0.9) cost about 4 ms of CPU a call. groups=0: it joins no multicast
+    group, so no announcement queues up on it between calls. Only Host.deafen needs it: pyroute2 is
+    imported on first use (preload_pyroute2 imports it before a run's processes fork)."""
     ipr = getattr(_inside, "ipr", None)
     if ipr is None:
+        from pyroute2 import IPRoute
+
         ipr = _inside.ipr = IPRoute(groups=0)
     return ipr
+
+
+def preload_pyroute2() -> None:
+    """Import pyroute2 now (0.22 s of CPU): before the processes that run cases fork, so that each of
+    them does not import it again when a case deafens a namespace (a userspace stack's target)."""
+    import pyroute2.iproute  # noqa: F401
 
 
 def rtnl_socket() -> Rtnl:
@@ -282,19 +327,19 @@ def create_netns(name: str) -> None:
     """Create a named network namespace (/run/netns/NAME) without forking.
 
     A thread of ours enters the nursery (above), unshares a new network namespace (that changes
-    only the thread) and pyroute2's netns.attach bind-mounts it under /run/netns, as `ip netns add`
-    does. pyroute2's netns.create forks a child for this.
+    only the thread) and attach_netns bind-mounts it under /run/netns, as `ip netns add` does.
+    (pyroute2's netns.create forks a child for this.)
     """
     parent = nursery()
 
     def run():
         if parent["fd"] is not None:
-            netns.setns(parent["fd"], flags=0, fork=False)
+            setns(parent["fd"])
         _unshare_net(name)
         for key, value in parent["sysctls"].items():
             with open(sysctl_path(key), "w") as f:
                 f.write(value)
-        netns.attach(name, "thread-self")
+        attach_netns(name, "thread-self")
 
     _in_thread(f"netns-add-{name}", run)
 
@@ -789,7 +834,7 @@ class Topology:
         for host in self.hosts:
             self.created.append(host.ns)  # before creating: a half-made namespace is removed too
             if host is self.target and self.target_pid:
-                netns.attach(host.ns, self.target_pid)  # bind-mount /proc/PID/ns/net as /run/netns/NAME
+                attach_netns(host.ns, self.target_pid)  # bind-mount /proc/PID/ns/net as /run/netns/NAME
             else:
                 create_netns(host.ns)
             host.sysctls(BASE_SYSCTLS)
@@ -870,7 +915,7 @@ class Topology:
         for ns in reversed(self.created):
             leave_netns(ns)
             try:
-                netns.remove(ns)
+                remove_netns(ns)
             except OSError:
                 pass
         self.created.clear()
@@ -958,7 +1003,7 @@ def sweep() -> list[str]:
     for name, pid in owned_names(names):
         if pid != os.getpid() and not pid_alive(pid):
             try:
-                netns.remove(name)
+                remove_netns(name)
                 removed.append(name)
             except OSError:
                 pass
