@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from . import privilege
 from .agent import Agent, AgentError
 from .capture import Capture
+from .sockdiag import SockDiag
 from .stack import StackView
 from .targets import Target, build_launcher
 from .timing import RUNTIME_GRACE, WAIT, holds, slack
-from .topology import ALL_STATES, NETNS_DIR, Host, Topology, diag_socket, new_base
+from .topology import ALL_STATES, NETNS_DIR, Host, Topology, new_base, ns_socket
 
 PORT = 7878  # the port cases listen on, target or peer (seed 000's server port)
 CLOSED_PORT = 9  # a port nothing listens on
@@ -334,7 +335,7 @@ def shut_down(end: End) -> str | None:
     if end.host.stack is not None:
         return end.host.stack.shut(end.addr, end.port, end.remote_port)
 
-    ds = diag_socket(end.host.ns)
+    ds = ns_socket(end.host.ns, SockDiag)
     for fam in (socket.AF_INET, socket.AF_INET6):
         for m in ds.dump(fam, socket.IPPROTO_TCP, ALL_STATES):
             if (m.src, m.sport, m.dport) == (end.addr, end.port, end.remote_port):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import struct
+import threading
 
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -54,3 +56,23 @@ def attributes(data: bytes, offset: int) -> dict[int, bytes]:
         found[kind & 0x3FFF] = data[offset + 4 : offset + size]  # without the nested / byte-order flags
         offset += size + 3 & ~3
     return found
+
+
+class NetlinkSocket:
+    """A bound netlink socket of the namespace it was opened in (a socket keeps its namespace), usable
+    from any thread: one request at a time (the answers of two would interleave), each bounded by
+    REPLY_TIMEOUT."""
+
+    def __init__(self, protocol: int):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(REPLY_TIMEOUT)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
+        """request() on this socket (see there)."""
+        with self._lock:
+            return request(self.sock, kind, flags, body, what)

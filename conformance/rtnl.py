@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
-from .netlink import NLM_F_ACK, NLM_F_DUMP, REPLY_TIMEOUT, attributes, request
+from .netlink import NLM_F_ACK, NLM_F_DUMP, NetlinkSocket, attributes
 
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
@@ -93,25 +92,17 @@ def _name(name: str) -> bytes:
     return name.encode() + b"\0"
 
 
-class Rtnl:
-    """A NETLINK_ROUTE socket of the namespace it was opened in (a socket keeps its namespace)."""
+class Rtnl(NetlinkSocket):
+    """A NETLINK_ROUTE socket of the namespace it was opened in."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(REPLY_TIMEOUT)
-        self._lock = threading.Lock()  # one request at a time: the answers of two would interleave
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(socket.NETLINK_ROUTE)
 
     def _request(self, kind: int, flags: int, body: bytes, what: str) -> list[bytes]:
-        with self._lock:
-            return request(self.sock, kind, NLM_F_ACK | flags, body, what)
+        return self.request(kind, NLM_F_ACK | flags, body, what)
 
     def _dump(self, kind: int, body: bytes, what: str) -> list[bytes]:
-        with self._lock:
-            return request(self.sock, kind, NLM_F_DUMP, body, what)
+        return self.request(kind, NLM_F_DUMP, body, what)
 
     def add_veth(self, name: str, peer: str, peer_netns_fd: int) -> None:
         """A veth pair: `name` here, `peer` in the namespace of peer_netns_fd."""

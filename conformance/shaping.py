@@ -52,18 +52,18 @@ class Held:
 
 def install(host, rate: int = RATE, burst: int = BURST, limit: int = LIMIT) -> None:
     """tbf as the root qdisc of host's veth end (rate in bytes/s)."""
-    host.rtnl(lambda r: r.add_tbf(host.ifindex, ROOT, rate, burst, limit))
+    host.rtnl.add_tbf(host.ifindex, ROOT, rate, burst, limit)
 
 
 def remove(host) -> None:
     """Remove the root qdisc install() put on host's veth end: its egress is no longer shaped."""
-    host.rtnl(lambda r: r.delete_root_qdisc(host.ifindex))
+    host.rtnl.delete_root_qdisc(host.ifindex)
 
 
 def stats(host) -> dict:
     """The root qdisc's kind and counters: {'kind', 'qlen', 'backlog', 'drops', 'packets', 'bytes'}."""
 
-    q = host.rtnl(lambda r: r.root_qdisc(host.ifindex))
+    q = host.rtnl.root_qdisc(host.ifindex)
     q.pop("handle", None)
     return q
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
-from .netlink import NLM_F_DUMP, REPLY_TIMEOUT, attributes, request
+from .netlink import NLM_F_DUMP, NetlinkSocket, attributes
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -51,17 +50,11 @@ def _addr(family: int, raw: bytes) -> str:
     return socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
 
 
-class SockDiag:
-    """A NETLINK_SOCK_DIAG socket of the namespace it was opened in (a socket keeps its namespace)."""
+class SockDiag(NetlinkSocket):
+    """A NETLINK_SOCK_DIAG socket of the namespace it was opened in."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(REPLY_TIMEOUT)
-        self._lock = threading.Lock()  # one dump at a time: the answers of two would interleave
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(NETLINK_SOCK_DIAG)
 
     def dump(self, family: int, protocol: int, states: int, info: bool = False) -> list[DiagRow]:
         """Every socket of family and protocol whose state bit (1 << state) is in states.
@@ -69,8 +62,7 @@ class SockDiag:
         ext = 1 << (INET_DIAG_INFO - 1) if info else 0
         body = _REQ.pack(family, protocol, ext, states)
         what = f"sock_diag dump (family {family}, protocol {protocol})"
-        with self._lock:
-            return [self._row(m) for m in request(self.sock, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, body, what)]
+        return [self._row(m) for m in self.request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, body, what)]
 
     @staticmethod
     def _row(data: bytes) -> DiagRow:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .agent import Unsupported
+from .netlink import NetlinkSocket
 from .rtnl import RT_TABLE_MAIN, RTAX_LOCK, Rtnl
 from .sockdiag import SockDiag
 from .timing import WAIT, wait_until
@@ -208,10 +209,10 @@ def in_netns(ns: str, fn, *args, **kwargs):
 
 def leave_netns(ns: str) -> None:
     """End the thread of ours inside ns (before the namespace is removed: it would keep it alive)."""
-    with _diags_lock:
-        ds = _diags.pop(ns, None)
-    if ds is not None:
-        ds.close()
+    with _ns_sockets_lock:
+        sockets = [_ns_sockets.pop(key) for key in list(_ns_sockets) if key[0] == ns]
+    for sock in sockets:
+        sock.close()
     with _ns_threads_lock:
         pool = _ns_threads.pop(ns, None)
     if pool is not None:
@@ -219,22 +220,23 @@ def leave_netns(ns: str) -> None:
         pool.shutdown(wait=True)
 
 
-_diags: dict[str, SockDiag] = {}  # a namespace's sock_diag socket (made inside it, used from any thread)
-_diags_lock = threading.Lock()
+_ns_sockets: dict[tuple, NetlinkSocket] = {}  # (namespace, kind): made inside it, used from any thread
+_ns_sockets_lock = threading.Lock()
 
 
-def diag_socket(ns: str) -> SockDiag:
-    """The sock_diag socket of namespace ns, opened once inside it: a socket keeps the namespace it was
-    made in, so a dump needs no hop to the namespace's thread (each wait of a case polls the table)."""
-    with _diags_lock:
-        ds = _diags.get(ns)
-    if ds is None:
-        made = in_netns(ns, SockDiag)
-        with _diags_lock:
-            ds = _diags.setdefault(ns, made)
-        if ds is not made:
+def ns_socket(ns: str, kind: type[NetlinkSocket]):
+    """Namespace ns's netlink socket of this kind (SockDiag, Rtnl), opened once inside it: a socket
+    keeps the namespace it was made in, so a request needs no hop to the namespace's thread (each wait
+    of a case polls the socket table). leave_netns closes it."""
+    with _ns_sockets_lock:
+        sock = _ns_sockets.get((ns, kind))
+    if sock is None:
+        made = in_netns(ns, kind)
+        with _ns_sockets_lock:
+            sock = _ns_sockets.setdefault((ns, kind), made)
+        if sock is not made:
             made.close()
-    return ds
+    return sock
 
 
 def route_socket():
@@ -256,20 +258,11 @@ def preload_pyroute2() -> None:
     import pyroute2.iproute  # noqa: F401
 
 
-def rtnl_socket() -> Rtnl:
-    """The namespace thread's socket for the requests that build a case's link (conformance/rtnl.py)."""
-    rtnl = getattr(_inside, "rtnl", None)
-    if rtnl is None:
-        rtnl = _inside.rtnl = Rtnl()
-    return rtnl
-
-
 def _close_thread_sockets() -> None:
-    for name in ("ipr", "rtnl"):
-        sock = getattr(_inside, name, None)
-        if sock is not None:
-            setattr(_inside, name, None)
-            sock.close()
+    ipr = getattr(_inside, "ipr", None)
+    if ipr is not None:
+        _inside.ipr = None
+        ipr.close()
 
 
 # New namespaces are made inside a namespace of the process's own (the nursery), whose
@@ -287,9 +280,7 @@ _nursery_lock = threading.Lock()
 
 
 def _unshare_net(what: str) -> None:
-    if _libc.unshare(CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNET) for {what}: {os.strerror(err)}")
+    _libc_call(_libc.unshare(CLONE_NEWNET), f"unshare(CLONE_NEWNET) for {what}")
 
 
 def _make_nursery() -> dict:
@@ -466,9 +457,10 @@ class Host:
         """A socket of the harness's own, living in this host's namespace."""
         return self.call(socket.socket, FAMILIES[family], kind)
 
-    def rtnl(self, fn):
-        """Run fn(rtnl) with the rtnetlink socket of this namespace's thread (conformance/rtnl.py)."""
-        return self.call(lambda: fn(rtnl_socket()))
+    @property
+    def rtnl(self) -> Rtnl:
+        """This namespace's rtnetlink socket (conformance/rtnl.py)."""
+        return ns_socket(self.ns, Rtnl)
 
     def netlink(self, fn):
         """Run fn(ipr) with the IPRoute socket of this namespace's thread (route_socket).
@@ -539,7 +531,7 @@ class Host:
         if state in STATE_NUMBERS:  # the kernel dumps only that state's sockets: less to parse
             states = 1 << STATE_NUMBERS[state] | (1 << TCP_BOUND_INACTIVE if bound else 0)
 
-        ds = diag_socket(self.ns)
+        ds = ns_socket(self.ns, SockDiag)
         rows = [
             SockInfo(
                 state=TCP_STATES.get(m.state, str(m.state)),
@@ -623,14 +615,14 @@ class Host:
     # routes and neighbours
     def route_error(self, addr: str) -> int | None:
         """The errno of a route lookup for addr here (101 ENETUNREACH: no route), None when one exists."""
-        return self.rtnl(lambda r: r.route_error(addr))
+        return self.rtnl.route_error(addr)
 
     def add_route(self, prefix: str, via: str | None = None) -> None:
         """A route for prefix ("203.0.113.0/24"): through the gateway via, or on this host's link."""
         net = ipaddress.ip_network(prefix)
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         where = {"gateway": via} if via else {"oif": self.ifindex}
-        self.rtnl(lambda r: r.add_route(family, str(net.network_address), net.prefixlen, **where))
+        self.rtnl.add_route(family, str(net.network_address), net.prefixlen, **where)
 
     def set_rto_min(self, seconds: float) -> dict[str, int]:
         """Raise the minimum retransmission timeout of TCP to the link partner to seconds, IPv4 and IPv6.
@@ -643,22 +635,19 @@ class Host:
         ms = round(seconds * 1000)
         wanted = {(socket.AF_INET, str(NET4.network_address)), (socket.AF_INET6, str(NET6.network_address))}
 
-        def run(rtnl):
-            def connected():
-                for family, dst in sorted(wanted):
-                    for r in rtnl.routes(family):
-                        if r.table == RT_TABLE_MAIN and r.oif == self.ifindex and r.dst == dst:
-                            yield dst, r
+        def connected():
+            for family, dst in sorted(wanted):
+                for r in self.rtnl.routes(family):
+                    if r.table == RT_TABLE_MAIN and r.oif == self.ifindex and r.dst == dst:
+                        yield dst, r
 
-            lock = 1 << RTAX_RTO_MIN
-            for _dst, r in list(connected()):
-                rtnl.replace_route(r, {RTAX_LOCK: lock, RTAX_RTO_MIN: ms})
-            return {
-                f"{dst}/{r.dst_len}": r.metrics.get(RTAX_RTO_MIN) if r.metrics.get(RTAX_LOCK, 0) & lock else None
-                for dst, r in connected()
-            }
-
-        got = self.rtnl(run)
+        lock = 1 << RTAX_RTO_MIN
+        for _dst, r in list(connected()):
+            self.rtnl.replace_route(r, {RTAX_LOCK: lock, RTAX_RTO_MIN: ms})
+        got = {
+            f"{dst}/{r.dst_len}": r.metrics.get(RTAX_RTO_MIN) if r.metrics.get(RTAX_LOCK, 0) & lock else None
+            for dst, r in connected()
+        }
         if len(got) != len(wanted) or any(v != ms for v in got.values()):
             raise RuntimeError(f"rto_min {ms} ms did not take on the {self.role}'s connected routes: {got}")
         return got
@@ -670,7 +659,7 @@ class Host:
         if self.stack is not None:
             return self.stack.rto_ms(match)
 
-        ds = diag_socket(self.ns)
+        ds = ns_socket(self.ns, SockDiag)
         for fam in (socket.AF_INET, socket.AF_INET6):
             for m in ds.dump(fam, IPPROTO_TCP, ALL_STATES, info=True):
                 fields = {"src": m.src, "sport": m.sport, "dst": m.dst, "dport": m.dport}
@@ -683,14 +672,14 @@ class Host:
         if self.stack is not None:
             return self.stack.neighbour_state(addr)
 
-        for dst, state in self.rtnl(lambda r: r.neighbours(self.ifindex)):
+        for dst, state in self.rtnl.neighbours(self.ifindex):
             if dst == addr:
                 return NUD_STATES.get(state, hex(state))
         return None
 
     def has_link_local(self) -> bool:
         """Whether the veth end has its IPv6 link-local address yet (it comes up to ~1 s after the link)."""
-        return any(a.startswith("fe80:") for a in self.rtnl(lambda r: r.addresses(socket.AF_INET6, self.ifindex)))
+        return any(a.startswith("fe80:") for a in self.rtnl.addresses(socket.AF_INET6, self.ifindex))
 
     # -- a userspace stack on this host's veth (conformance/case.py, Net.start) ------------------
     def deafen(self) -> None:
@@ -841,31 +830,24 @@ class Topology:
         self.target.sysctls(target_sysctls)
 
         # Create both veth ends directly in their namespaces: moving one costs 40-90 ms.
-        def add_veth():
-            fd = os.open(os.path.join(NETNS_DIR, self.peer.ns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                rtnl_socket().add_veth(self.target.ifname, self.peer.ifname, fd)
-            finally:
-                os.close(fd)
-
-        self.target.call(add_veth)
+        fd = os.open(os.path.join(NETNS_DIR, self.peer.ns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.target.rtnl.add_veth(self.target.ifname, self.peer.ifname, fd)
+        finally:
+            os.close(fd)
         for host in self.hosts:
-            host.call(self._address, host)
+            self._address(host)
         # Permanent neighbour entries for the link partner: no ARP or neighbour
         # discovery before the first SYN. A new veth's IPv6 side can take up to
         # a second to join its solicited-node group, and a lost first neighbour
         # solicitation would delay a v6 connect by a full second.
         for host, other in ((self.target, self.peer), (self.peer, self.target)):
-            host.call(
-                lambda host=host, other=other: [
-                    rtnl_socket().permanent_neighbour(host.ifindex, addr, other.mac)
-                    for addr in (other.addr4, other.addr6)
-                ]
-            )
+            for addr in (other.addr4, other.addr6):
+                host.rtnl.permanent_neighbour(host.ifindex, addr, other.mac)
 
     @staticmethod
     def _address(host):
-        rtnl = rtnl_socket()
+        rtnl = host.rtnl
         rtnl.up(1)  # loopback
         host.ifindex, host.mac = rtnl.link(host.ifname)
         rtnl.add_address(host.ifindex, host.addr4, NET4.prefixlen)
@@ -880,14 +862,14 @@ class Topology:
         the peer has forwarding off. No netfilter needed.
         """
         addr = BLACKHOLE4 if family == "v4" else BLACKHOLE6
-        self.target.rtnl(lambda r: r.permanent_neighbour(self.target.ifindex, addr, self.peer.mac))
+        self.target.rtnl.permanent_neighbour(self.target.ifindex, addr, self.peer.mac)
         return addr
 
     def add_address(self, addr: str, family: str) -> str:
         """Give the target another address on its veth; the peer reaches it without neighbour discovery."""
         prefix, flags = (NET4.prefixlen, 0) if family == "v4" else (NET6.prefixlen, IFA_F_NODAD)
-        self.target.rtnl(lambda r: r.add_address(self.target.ifindex, addr, prefix, flags))
-        self.peer.rtnl(lambda r: r.permanent_neighbour(self.peer.ifindex, addr, self.target.mac))
+        self.target.rtnl.add_address(self.target.ifindex, addr, prefix, flags)
+        self.peer.rtnl.permanent_neighbour(self.peer.ifindex, addr, self.target.mac)
         return addr
 
     def route_through_peer(self, prefix: str) -> None:
