@@ -30,20 +30,19 @@ def deviant(mode: str, name: str = "deviant") -> str:
     return f"{name}={sys.executable} -I -S {DEVIANT} --mode {mode}"
 
 
+# pytest as a child process of a test, in the checkout: quiet, writing no cache folder.
+PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+
+
 def run_suite(tmp_path, *args, timeout=300, env=None):
     """Run pytest on the conformance cases in a child process; return (exit code, {test name: outcome}, output)."""
     report = tmp_path / "junit.xml"
     cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
+        *PYTEST,
         # pytest's unraisable-exception check runs the garbage collector several times at the end of
         # every session: about 0.4 s of CPU a child run (measured), and the suite starts many
         "-p",
         "no:unraisableexception",
-        "-q",
         "--tb=line",
         f"--junitxml={report}",
         "--pcap-dir",

@@ -12,7 +12,7 @@ from conformance.case import Net
 from conformance.targets import builtin_targets
 from conformance.topology import NETNS_DIR, PREFIX, owned_names, sweep
 
-from .helpers import ROOT
+from .helpers import PYTEST, ROOT
 
 
 def suite_namespaces(pid=None):
@@ -145,12 +145,7 @@ def test_killed_worker_leaves_no_agent_and_its_namespaces_are_swept(mode):
 
     proc = subprocess.Popen(  # a case that stays in connect() (see test_interrupted_run_leaves_nothing)
         [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
+            *PYTEST,
             *mode,
             "tests/cases/test_timedout.py",
             "--targets",
@@ -207,12 +202,7 @@ def test_host_namespace_untouched():
     before = host_snapshot()
     code = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
+            *PYTEST,
             "-n",
             "4",
             "tests/cases",
@@ -313,12 +303,7 @@ def test_faults_leave_nothing(tmp_path, fault):
     tmpdir.mkdir()
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
+            *PYTEST,
             "tests/cases/test_time_wait.py",
             "--families",
             "v4",
@@ -349,12 +334,7 @@ def test_killed_pytest_leaves_nothing_of_its_cases_in_flight():
     SIGTERM), ends the case as on Ctrl-C, and removes its namespaces and agent; nobody is left to sweep."""
     proc = subprocess.Popen(  # an agent that never says hello: the case waits out --agent-deadline, 60 s
         [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
+            *PYTEST,
             "tests/cases/test_refused.py",
             "--targets",
             "mute",

@@ -5,14 +5,13 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from conformance import outputs
 
-from .helpers import ROOT, deviant, run_suite
+from .helpers import PYTEST, ROOT, deviant, run_suite
 
 NOBODY = 65534
 
@@ -104,12 +103,7 @@ def test_a_full_disk_costs_the_pcaps_not_the_verdicts(tmp_path):
     disk.mkdir(mode=0o700)
     results = tmp_path / "r.json"
     inner = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
+        *PYTEST,
         "tests/cases/test_refused.py",
         "--families",
         "v4",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT
+from .helpers import PYTEST, ROOT
 
 NOBODY = 65534
 
@@ -97,12 +97,7 @@ def userns_allowed() -> bool:
 def test_without_root_a_clear_message(world_dir):
     proc = as_nobody(
         world_dir,
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
+        *PYTEST,
         "tests/cases/test_refused.py",
         "--targets",
         "python",
@@ -121,12 +116,7 @@ def test_rootless_mode_runs_the_cases_unprivileged(world_dir):
         tmp_path,
         "bash",
         "ci/rootless.sh",
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
+        *PYTEST,
         "tests/cases/test_refused.py",
         "tests/cases/test_time_wait.py",
         "--targets",
