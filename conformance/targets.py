@@ -19,6 +19,7 @@ tables (conformance/case.py, Net.start).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -130,14 +131,10 @@ def build_c(static: bool = False) -> Path:
     return _build_gcc("c", "C agent", TARGETS_DIR / "c" / "agent.c", static)
 
 
-_launcher: list[Path] = []  # built once per process (and before the flight's children fork)
-
-
+@functools.cache  # once per process (and before the flight's children fork): the key asks gcc its version
 def build_launcher() -> Path:
     """The harness's agent launcher (conformance/launch.c, see conformance/privilege.py), static."""
-    if not _launcher:
-        _launcher.append(_build_gcc("launch", "agents' launcher", Path(__file__).with_name("launch.c"), static=True))
-    return _launcher[0]
+    return _build_gcc("launch", "agents' launcher", Path(__file__).with_name("launch.c"), static=True)
 
 
 def _build_go_module(name: str, what: str, timeout: float = 600) -> Path:
