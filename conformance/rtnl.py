@@ -239,14 +239,14 @@ class Rtnl(NetlinkSocket):
         self._request(RTM_DELQDISC, 0, _TCMSG.pack(0, index, 0, TC_H_ROOT, 0), f"delete the root qdisc of link {index}")
 
     def root_qdisc(self, index: int) -> dict:
-        """The root qdisc of link index: {'kind', 'handle', 'qlen', 'backlog', 'drops', 'packets', 'bytes'};
+        """The root qdisc of link index: {'kind', 'qlen', 'backlog', 'drops', 'packets', 'bytes'};
         {} if it has none of its own."""
         for m in self._dump(RTM_GETQDISC, _TCMSG.pack(0, index, 0, 0, 0), "dump qdiscs"):
-            _fam, ifindex, handle, parent, _info = _TCMSG.unpack_from(m)
+            _fam, ifindex, _handle, parent, _info = _TCMSG.unpack_from(m)
             if ifindex != index or parent != TC_H_ROOT:
                 continue
             attrs = attributes(m, _TCMSG.size)
-            out = {"kind": attrs.get(TCA_KIND, b"").rstrip(b"\0").decode(), "handle": handle}
+            out = {"kind": attrs.get(TCA_KIND, b"").rstrip(b"\0").decode()}
             stats = attributes(attrs.get(TCA_STATS2, b""), 0)
             if len(stats.get(TCA_STATS_QUEUE, b"")) >= _STATS_QUEUE.size:
                 qlen, backlog, drops, _requeues, _overlimits = _STATS_QUEUE.unpack_from(stats[TCA_STATS_QUEUE])

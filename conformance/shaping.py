@@ -63,9 +63,7 @@ def remove(host) -> None:
 def stats(host) -> dict:
     """The root qdisc's kind and counters: {'kind', 'qlen', 'backlog', 'drops', 'packets', 'bytes'}."""
 
-    q = host.rtnl.root_qdisc(host.ifindex)
-    q.pop("handle", None)
-    return q
+    return host.rtnl.root_qdisc(host.ifindex)
 
 
 def _frames(host, partner_mac: str, count: int) -> None:
